@@ -1,0 +1,81 @@
+"""What the processors ask of an analyzer; Claude and the offline analyzer both answer it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from service.ai.schemas import ControlMappingBatch, CoverageAssessment, MatchAssessment
+
+
+@dataclass(frozen=True)
+class RequirementText:
+    id: int
+    code: str
+    title: str
+    description: str
+
+
+@dataclass(frozen=True)
+class DocumentText:
+    id: int
+    title: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ControlText:
+    id: int
+    code: str
+    title: str
+    description: str
+
+
+@dataclass
+class Usage:
+    """Tokens spent by the calls of one analysis."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.calls += other.calls
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class Analysis(Generic[T]):
+    answer: T
+    usage: Usage = field(default_factory=Usage)
+
+
+class Analyzer(Protocol):
+    @property
+    def source(self) -> str:
+        """Which analyzer answered: "claude" or "offline"."""
+
+    @property
+    def model(self) -> str | None:
+        """The model that answered, when there is one."""
+
+    async def match(
+        self, requirement: RequirementText, document: DocumentText
+    ) -> Analysis[MatchAssessment]: ...
+
+    async def coverage(
+        self, requirement: RequirementText, documents: Sequence[DocumentText]
+    ) -> Analysis[CoverageAssessment]: ...
+
+    async def map_controls(
+        self, document: DocumentText, controls: Sequence[ControlText]
+    ) -> Analysis[ControlMappingBatch]: ...

@@ -1,0 +1,46 @@
+"""One module per job type; `build_registry` maps job type names to them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.ai.analyzer import Analyzer, Usage
+from service.entities.store import EntityStore
+from service.jobs.registry import JobType, Registry
+
+
+@dataclass(frozen=True)
+class ProcessorDeps:
+    analyzer: Analyzer
+    entities: EntityStore
+    map_controls_batch_size: int = 25
+
+
+def analyzer_fields(deps: ProcessorDeps, usage: Usage) -> dict[str, object]:
+    """What every result says about where it came from."""
+    return {
+        "analyzer": deps.analyzer.source,
+        "model": deps.analyzer.model,
+        "usage": {
+            "calls": usage.calls,
+            "inputTokens": usage.input_tokens,
+            "outputTokens": usage.output_tokens,
+            "cacheCreationInputTokens": usage.cache_creation_input_tokens,
+            "cacheReadInputTokens": usage.cache_read_input_tokens,
+        },
+    }
+
+
+def build_registry(deps: ProcessorDeps, max_attempts: int = 5) -> Registry:
+    from service.ai.processors import coverage, map_controls, match
+
+    return {
+        jt.name: jt
+        for jt in (
+            JobType(match.JOB_TYPE, match.processor(deps), max_attempts, timeout_s=300),
+            JobType(coverage.JOB_TYPE, coverage.processor(deps), max_attempts, timeout_s=600),
+            JobType(
+                map_controls.JOB_TYPE, map_controls.processor(deps), max_attempts, timeout_s=1800
+            ),
+        )
+    }

@@ -1,0 +1,1 @@
+"""The HTTP API: thin handlers that parse, call one function, and render."""

@@ -1,0 +1,42 @@
+"""The aiohttp application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from service.ai.dispatch import Dispatcher
+from service.api import entities, jobs
+from service.api.errors import error_middleware
+from service.api.state import DISPATCHER, ENTITIES, JOBS, POOL, SETTINGS
+from service.config import Settings
+from service.db.pool import create_pool
+from service.entities.store import EntityStore
+from service.jobs.store import JobStore
+
+# Documents may be up to 2 MB of text; JSON escaping can add to that.
+CLIENT_MAX_SIZE = 3 * 1024 * 1024
+
+
+def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -> web.Application:
+    """Build the API. With `pool`, use it (and leave closing it to the caller)."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app[SETTINGS] = settings
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        owned = pool is None
+        the_pool = pool or await create_pool(dsn, settings.pool_min_size, settings.pool_max_size)
+        app[POOL] = the_pool
+        app[ENTITIES] = EntityStore(the_pool)
+        app[JOBS] = JobStore(the_pool)
+        app[DISPATCHER] = Dispatcher(app[ENTITIES], app[JOBS], settings.max_attempts)
+        yield
+        if owned:
+            await the_pool.close()
+
+    app.cleanup_ctx.append(database)
+    app.add_routes(entities.routes)
+    app.add_routes(jobs.routes)
+    return app

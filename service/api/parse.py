@@ -1,0 +1,96 @@
+"""Request parsing: every malformed input becomes a 400 with a message that says why."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from service.api.errors import bad_request
+
+MAX_BIGINT = 2**63 - 1
+
+
+def path_id(request: web.Request, name: str = "id", what: str = "id") -> int:
+    raw = request.match_info[name]
+    if not raw.isascii() or not raw.isdigit():
+        raise bad_request(f"{what} must be a positive integer, got {raw!r}", "invalid_id")
+    value = int(raw)
+    if value < 1 or value > MAX_BIGINT:
+        raise bad_request(f"{what} {raw} is out of range", "invalid_id")
+    return value
+
+
+def path_uuid(request: web.Request, name: str = "jobId") -> uuid.UUID:
+    raw = request.match_info[name]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise bad_request(f"job id must be a UUID, got {raw!r}", "invalid_id") from None
+
+
+async def json_body(request: web.Request) -> Any:
+    body = await request.read()
+    if not body:
+        raise bad_request("The request body is empty; send JSON", "invalid_json")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    data = await json_body(request)
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object", "invalid_body")
+    return data
+
+
+def text_field(
+    data: dict[str, Any],
+    name: str,
+    *,
+    required: bool = True,
+    allow_empty: bool = False,
+    max_length: int = 10_000,
+    default: str = "",
+) -> str:
+    if name not in data or data[name] is None:
+        if required:
+            raise bad_request(f"'{name}' is required", "validation_error")
+        return default
+    value = data[name]
+    if not isinstance(value, str):
+        raise bad_request(f"'{name}' must be a string", "validation_error")
+    if not allow_empty and not value.strip():
+        raise bad_request(f"'{name}' must not be empty", "validation_error")
+    if len(value) > max_length:
+        raise bad_request(f"'{name}' is longer than {max_length} characters", "validation_error")
+    if "\x00" in value:
+        raise bad_request(f"'{name}' contains a NUL character", "validation_error")
+    return value
+
+
+def id_field(data: dict[str, Any], name: str) -> int:
+    if name not in data or data[name] is None:
+        raise bad_request(f"'{name}' is required", "validation_error")
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad_request(f"'{name}' must be an integer id", "validation_error")
+    if value < 1 or value > MAX_BIGINT:
+        raise bad_request(f"'{name}' is out of range", "validation_error")
+    return value
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.lstrip("-").isdigit():
+        raise bad_request(f"'{name}' must be an integer", "invalid_query")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise bad_request(f"'{name}' must be between {lo} and {hi}", "invalid_query")
+    return value

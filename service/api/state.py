@@ -1,0 +1,17 @@
+"""Typed application state."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from service.ai.dispatch import Dispatcher
+from service.config import Settings
+from service.entities.store import EntityStore
+from service.jobs.store import JobStore
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+ENTITIES = web.AppKey("entities", EntityStore)
+JOBS = web.AppKey("jobs", JobStore)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)

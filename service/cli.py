@@ -1,0 +1,87 @@
+"""The `aijobs` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from service.config import ConfigError, Settings
+from service.logs import configure_logging
+
+
+def _parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aijobs", description="Slow AI work behind a web application."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply the migrations in sql/ that are not applied yet")
+
+    def http_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default=settings.host, help="address to listen on")
+        p.add_argument("--port", type=int, default=settings.port, help="port to listen on")
+
+    def worker_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--concurrency", type=int, default=settings.concurrency, help="jobs run at once"
+        )
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    http_options(api)
+    worker = sub.add_parser("worker", help="run a worker")
+    worker_options(worker)
+    serve = sub.add_parser("serve", help="run the API and a worker in one process")
+    http_options(serve)
+    worker_options(serve)
+    demo = sub.add_parser("demo", help="load sample data, run one job of each type, and serve")
+    http_options(demo)
+    demo.add_argument(
+        "--exit", action="store_true", help="exit once the demo jobs finish instead of serving"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"aijobs: {exc}", file=sys.stderr)
+        return 2
+    args = _parser(settings).parse_args(argv)
+    if args.command == "demo":
+        from service import demo
+
+        configure_logging(
+            "warning" if settings.log_level == "info" else settings.log_level, settings.log_format
+        )
+        return asyncio.run(demo.run(settings, args.host, args.port, serve_after=not args.exit))
+
+    configure_logging(settings.log_level, settings.log_format)
+    from service import runtime
+
+    if args.command == "migrate":
+
+        async def _migrate() -> None:
+            async with runtime.database(settings) as dsn:
+                applied = await runtime.run_migrations(dsn)
+                print(
+                    f"applied {len(applied)} migration(s): {applied}" if applied else "up to date"
+                )
+
+        asyncio.run(_migrate())
+        return 0
+    run_api = args.command in ("api", "serve")
+    run_worker = args.command in ("worker", "serve")
+    asyncio.run(
+        runtime.serve(
+            settings,
+            api=run_api,
+            worker=run_worker,
+            host=getattr(args, "host", settings.host),
+            port=getattr(args, "port", settings.port),
+            concurrency=getattr(args, "concurrency", None),
+        )
+    )
+    return 0

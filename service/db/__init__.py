@@ -1,0 +1,1 @@
+"""Database access: the pool, the migration runner, the embedded server."""

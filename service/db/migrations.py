@@ -1,0 +1,110 @@
+"""Forward-only migrations: numbered files in sql/, each applied once, in order."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from service.logs import get_logger
+
+log = get_logger(__name__)
+
+# Any constant shared by every process of aijobs: one migrator at a time per database.
+MIGRATION_LOCK_ID = 0x61696A6F6273  # "aijobs"
+_FILENAME = re.compile(r"^(\d+)_([\w-]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def default_migrations_dir() -> Path:
+    """sql/ beside the package in a checkout; inside the package when installed."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here.parent / "sql", here / "sql", Path.cwd() / "sql"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("no sql/ migrations directory found")
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    directory = directory or default_migrations_dir()
+    migrations: list[Migration] = []
+    for path in sorted(directory.iterdir()):
+        match = _FILENAME.match(path.name)
+        if not match:
+            continue
+        migrations.append(
+            Migration(int(match.group(1)), match.group(2), path.read_text(encoding="utf-8"))
+        )
+    versions = [m.version for m in migrations]
+    if len(versions) != len(set(versions)):
+        raise ValueError(f"two migrations share a version number in {directory}")
+    return sorted(migrations, key=lambda m: m.version)
+
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS aijobs_migrations (
+  version    integer PRIMARY KEY,
+  name       text NOT NULL,
+  checksum   text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> list[int]:
+    """Apply every migration not yet applied; return the versions applied now.
+
+    Holds a session advisory lock so that two processes starting at once apply each file once.
+    """
+    migrations = load_migrations(directory)
+    applied_now: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(_CREATE_TABLE)
+        rows = await conn.fetch("SELECT version, checksum FROM aijobs_migrations")
+        applied = {r["version"]: r["checksum"] for r in rows}
+        for migration in migrations:
+            if migration.version in applied:
+                if applied[migration.version] != migration.checksum:
+                    log.warning(
+                        "migration_changed_after_apply",
+                        version=migration.version,
+                        name=migration.name,
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO aijobs_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            log.info("migration_applied", version=migration.version, name=migration.name)
+            applied_now.append(migration.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    return applied_now
+
+
+async def pending_migrations(conn: asyncpg.Connection, directory: Path | None = None) -> list[int]:
+    """Versions present in sql/ but not applied to this database."""
+    migrations = load_migrations(directory)
+    exists = await conn.fetchval("SELECT to_regclass('aijobs_migrations') IS NOT NULL")
+    applied: set[int] = set()
+    if exists:
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM aijobs_migrations")}
+    return [m.version for m in migrations if m.version not in applied]

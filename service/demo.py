@@ -1,0 +1,150 @@
+"""`aijobs demo`: the whole flow on sample data, watched from the terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from typing import Any
+
+import aiohttp
+
+from service import runtime
+from service.config import Settings
+from service.db.pool import create_pool
+from service.entities.store import EntityStore
+from service.sample import load_sample
+
+DEMO_OFFLINE_DELAY_S = 0.8
+FINISHED = ("completed", "failed")
+
+
+def _say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+async def run(settings: Settings, host: str, port: int, *, serve_after: bool) -> int:
+    if not settings.uses_claude and settings.offline_delay_s == 0:
+        # The offline analyzer answers at once; slow it down so progress can be watched.
+        settings = dataclasses.replace(settings, offline_delay_s=DEMO_OFFLINE_DELAY_S)
+    stop = runtime.stop_on_signals()
+    _say("aijobs demo")
+    where = (
+        "DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.data_dir}/"
+    )
+    who = (
+        f"Claude ({settings.model})"
+        if settings.uses_claude
+        else "offline analyzer (no ANTHROPIC_API_KEY)"
+    )
+    _say(f"  database: {where}")
+    _say(f"  analyzer: {who}")
+    async with runtime.database(settings) as dsn:
+        applied = await runtime.run_migrations(dsn)
+        _say(f"  migrations: {'applied ' + str(applied) if applied else 'up to date'}")
+        pool = await create_pool(dsn, settings.pool_min_size, settings.pool_max_size)
+        try:
+            ids = await load_sample(EntityStore(pool))
+            _say(
+                f"  sample: {len(ids.requirements)} requirements, {len(ids.documents)} documents, "
+                f"{ids.controls} controls, {len(ids.mappings)} mappings"
+            )
+            async with (
+                runtime.running_worker(settings, dsn, pool),
+                runtime.running_api(settings, dsn, host, port, pool),
+            ):
+                base = f"http://{host}:{port}"
+                ok = await _dispatch_and_watch(base, ids)
+                _say()
+                _say(f"API: {base}")
+                _say(f"  curl {base}/api/ai-jobs?limit=5")
+                document_id = ids.documents["access-control-policy"]
+                _say(f"  curl -X POST {base}/api/documents/{document_id}/ai-map-controls")
+                _say(f"  curl {base}/api/ai-jobs/<jobId>      # poll a job")
+                if serve_after:
+                    _say("Serving until Ctrl-C.")
+                    await stop.wait()
+                return 0 if ok else 1
+        finally:
+            await pool.close()
+
+
+async def _dispatch_and_watch(base: str, ids: Any) -> bool:
+    match_mapping = ids.mappings[0]
+    requests = [
+        ("ai-match", f"/api/gap-analysis/ai-match/{match_mapping}"),
+        ("ai-coverage", f"/api/requirements/{ids.requirements['ISMS-7.5']}/ai-coverage"),
+        (
+            "ai-map-controls",
+            f"/api/documents/{ids.documents['access-control-policy']}/ai-map-controls",
+        ),
+    ]
+    _say()
+    jobs: dict[str, str] = {}
+    async with aiohttp.ClientSession(base) as http:
+        for job_type, path in requests:
+            started = time.perf_counter()
+            async with http.post(path) as response:
+                body = await response.json()
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            _say(f"POST {path} -> {response.status} {body}  ({elapsed_ms:.1f} ms)")
+            jobs[job_type] = body["jobId"]
+        _say()
+        seen: dict[str, tuple[Any, ...]] = {}
+        final: dict[str, dict[str, Any]] = {}
+        while len(final) < len(jobs):
+            for job_type, job_id in jobs.items():
+                if job_type in final:
+                    continue
+                async with http.get(f"/api/ai-jobs/{job_id}") as response:
+                    job = await response.json()
+                state = (job["status"], job["progressMessage"], str(job["progress"]))
+                if seen.get(job_type) != state:
+                    seen[job_type] = state
+                    _say(f"  {job_type:<16} {_progress_line(job)}")
+                if job["status"] in FINISHED:
+                    final[job_type] = job
+            await asyncio.sleep(0.1)
+    _say()
+    for job_type, job in final.items():
+        _say(f"{job_type}: {job['status']}  {_pickup(job)}")
+        _say(f"  {_result_line(job)}")
+    return all(job["status"] == "completed" for job in final.values())
+
+
+def _progress_line(job: dict[str, Any]) -> str:
+    progress = job["progress"]
+    bar = ""
+    if progress and progress.get("total"):
+        width = 20
+        filled = round(width * (progress["current"] or 0) / progress["total"])
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {progress['current']}/{progress['total']} "
+    message = job["errorMessage"] if job["status"] == "failed" else job["progressMessage"]
+    return f"{job['status']:<10} {bar}{message or ''}"
+
+
+def _pickup(job: dict[str, Any]) -> str:
+    from datetime import datetime
+
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        created = datetime.fromisoformat(job["createdAt"])
+        started = datetime.fromisoformat(job["startedAt"])
+        finished = datetime.fromisoformat(job["finishedAt"])
+        return (
+            f"(picked up {(started - created).total_seconds() * 1000:.0f} ms after dispatch, "
+            f"finished after {(finished - created).total_seconds():.1f} s)"
+        )
+    return ""
+
+
+def _result_line(job: dict[str, Any]) -> str:
+    result = job.get("result") or {}
+    if job["status"] == "failed":
+        return f"error: {job['errorMessage']}"
+    if job["jobType"] == "ai-match":
+        return f"score {result['aiMatchScore']}: {result['aiMatchRationale'][:160]}"
+    if job["jobType"] == "ai-coverage":
+        return f"coverage {result['coverageScore']}%: {result['summary'][:160]}"
+    mapped = result.get("mappedControls", [])
+    return f"{len(mapped)} controls mapped in {result.get('batches')} batches"

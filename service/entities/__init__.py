@@ -1,0 +1,1 @@
+"""The gap analysis's own rows: requirements, documents, controls and their mappings."""

@@ -1,0 +1,184 @@
+"""EntityStore: every query of the domain tables, run through one class."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from service.db.pool import Connection
+from service.db.queries import Queries
+
+Q = Queries("service.entities", "queries.sql")
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ControlInput:
+    code: str
+    title: str
+    description: str
+
+
+@dataclass(frozen=True)
+class MappingForAnalysis:
+    id: int
+    requirement_id: int
+    document_id: int
+    requirement_code: str
+    requirement_title: str
+    requirement_description: str
+    document_title: str
+    document_content: str
+
+
+@dataclass(frozen=True)
+class ControlMatchRow:
+    control_id: int
+    confidence: int
+    rationale: str
+
+
+class EntityNotFound(LookupError):
+    pass
+
+
+class EntityStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # -- creation and reads ------------------------------------------------------------
+
+    async def create_requirement(self, code: str, title: str, description: str) -> Row:
+        return dict(await self._one(Q.insert_requirement, code, title, description))
+
+    async def get_requirement(self, requirement_id: int) -> Row | None:
+        return await self._maybe(Q.get_requirement, requirement_id)
+
+    async def create_document(self, title: str, content: str) -> Row:
+        return dict(await self._one(Q.insert_document, title, content))
+
+    async def get_document(self, document_id: int) -> Row | None:
+        return await self._maybe(Q.get_document, document_id)
+
+    async def create_controls(self, controls: Sequence[ControlInput]) -> list[Row]:
+        rows = await self.pool.fetch(
+            Q.insert_controls,
+            [c.code for c in controls],
+            [c.title for c in controls],
+            [c.description for c in controls],
+        )
+        return [dict(r) for r in rows]
+
+    async def list_controls(self) -> list[Row]:
+        return [dict(r) for r in await self.pool.fetch(Q.list_controls)]
+
+    async def count_controls(self) -> int:
+        count: int = await self.pool.fetchval(Q.count_controls)
+        return count
+
+    async def create_mapping(self, requirement_id: int, document_id: int) -> Row:
+        return dict(await self._one(Q.insert_mapping, requirement_id, document_id))
+
+    async def get_mapping(self, mapping_id: int) -> Row | None:
+        return await self._maybe(Q.get_mapping, mapping_id)
+
+    async def mapping_for_analysis(self, mapping_id: int) -> MappingForAnalysis | None:
+        row = await self.pool.fetchrow(Q.get_mapping_for_analysis, mapping_id)
+        return MappingForAnalysis(**dict(row)) if row else None
+
+    async def mapped_documents(self, requirement_id: int) -> list[Row]:
+        return [dict(r) for r in await self.pool.fetch(Q.mapped_documents, requirement_id)]
+
+    async def find_requirement_by_code(self, code: str) -> Row | None:
+        return await self._maybe(Q.find_requirement_by_code, code)
+
+    async def find_document_by_title(self, title: str) -> Row | None:
+        return await self._maybe(Q.find_document_by_title, title)
+
+    async def find_mapping(self, requirement_id: int, document_id: int) -> Row | None:
+        return await self._maybe(Q.find_mapping, requirement_id, document_id)
+
+    async def existing_control_codes(self, codes: Sequence[str]) -> set[str]:
+        return {r["code"] for r in await self.pool.fetch(Q.existing_control_codes, list(codes))}
+
+    async def mapping_dispatch_facts(self, mapping_id: int) -> Row | None:
+        """id, document_id and has_content of a mapping, without reading the document."""
+        return await self._maybe(Q.check_mapping_for_dispatch, mapping_id)
+
+    async def requirement_exists(self, requirement_id: int) -> bool:
+        return await self._maybe(Q.check_requirement_for_dispatch, requirement_id) is not None
+
+    async def document_dispatch_facts(self, document_id: int) -> Row | None:
+        """id, has_content and has_controls (the catalogue is not empty) of a document."""
+        return await self._maybe(Q.check_document_for_dispatch, document_id)
+
+    async def document_controls(self, document_id: int) -> list[Row]:
+        return [dict(r) for r in await self.pool.fetch(Q.document_controls, document_id)]
+
+    # -- effects of analyses, each run inside the job's completing transaction -----------
+
+    @staticmethod
+    async def write_match_result(
+        conn: Connection,
+        mapping_id: int,
+        score: int,
+        rationale: str,
+        recommendations: list[str],
+    ) -> None:
+        if (
+            await conn.fetchval(Q.write_match_result, mapping_id, score, rationale, recommendations)
+            is None
+        ):
+            raise EntityNotFound(f"Mapping {mapping_id} was deleted while it was being analysed")
+
+    @staticmethod
+    async def write_coverage_result(
+        conn: Connection,
+        requirement_id: int,
+        score: int,
+        summary: str,
+        gaps: list[str],
+        documents: list[dict[str, int]],
+    ) -> None:
+        written = await conn.fetchval(
+            Q.write_coverage_result, requirement_id, score, summary, gaps, documents
+        )
+        if written is None:
+            raise EntityNotFound(
+                f"Requirement {requirement_id} was deleted while it was being analysed"
+            )
+
+    @staticmethod
+    async def replace_document_controls(
+        conn: Connection,
+        document_id: int,
+        matches: Sequence[ControlMatchRow],
+        job_id: uuid.UUID,
+    ) -> None:
+        if await conn.fetchval(Q.lock_document, document_id) is None:
+            raise EntityNotFound(f"Document {document_id} was deleted while it was being analysed")
+        await conn.execute(Q.clear_document_controls, document_id)
+        await conn.execute(
+            Q.insert_document_controls,
+            document_id,
+            [m.control_id for m in matches],
+            [m.confidence for m in matches],
+            [m.rationale for m in matches],
+            job_id,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _one(self, query: str, *args: Any) -> asyncpg.Record:
+        row = await self.pool.fetchrow(query, *args)
+        assert row is not None
+        return row
+
+    async def _maybe(self, query: str, *args: Any) -> Row | None:
+        row = await self.pool.fetchrow(query, *args)
+        return dict(row) if row else None

@@ -1,0 +1,147 @@
+"""One actor runs one claimed job to an outcome and records it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from service.jobs.context import JobContext
+from service.jobs.model import Job, PermanentFailure, RetryLater
+from service.jobs.registry import Registry
+from service.jobs.store import JobStore, LeaseLost
+from service.logs import get_logger
+
+log = get_logger(__name__)
+
+_RETRY_LABELS = {
+    "rate_limited": "Rate limited",
+    "overloaded": "Claude is overloaded",
+    "timeout": "Timed out",
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_s: float = 2.0
+    max_s: float = 300.0
+
+    def delay(self, attempt: int, requested: float | None) -> float:
+        """Seconds to wait before the next attempt.
+
+        The server's retry-after wins when it gives one; otherwise exponential backoff with
+        full jitter over the upper half, so that retries of many jobs spread out.
+        """
+        if requested is not None:
+            return min(max(requested, 0.0), self.max_s)
+        ceiling = min(self.max_s, self.base_s * (2 ** max(attempt - 1, 0)))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class StopReason:
+    SHUTDOWN = "shutdown"
+    LEASE_LOST = "lease_lost"
+
+
+async def run_actor(
+    job: Job,
+    store: JobStore,
+    registry: Registry,
+    retry_policy: RetryPolicy,
+    stop_reasons: dict[object, str],
+) -> None:
+    """Run `job` and write its outcome. Never raises, except CancelledError."""
+    structlog.contextvars.bind_contextvars(
+        job_id=str(job.id), job_type=job.job_type, attempt=job.attempts
+    )
+    job_log = log.bind()
+    started = time.monotonic()
+    job_log.info("job_started", entity_id=job.entity_id, max_attempts=job.max_attempts)
+    job_type = registry.get(job.job_type)
+    timeout_s = job_type.timeout_s if job_type else None
+    try:
+        if job_type is None:
+            raise PermanentFailure(f"No processor is registered for job type {job.job_type!r}")
+        ctx = JobContext(job, store, job_log)
+        try:
+            async with asyncio.timeout(timeout_s):
+                completion = await job_type.run(ctx)
+        except TimeoutError:
+            raise RetryLater(
+                f"The job did not finish within its {timeout_s:.0f} s time limit", kind="timeout"
+            ) from None
+        done = await store.complete(job, completion.result, completion.message, completion.apply)
+        job_log.info("job_completed", duration_s=round(time.monotonic() - started, 3))
+        del done
+    except RetryLater as exc:
+        await _retry_or_fail(job, store, retry_policy, exc, job_log)
+    except PermanentFailure as exc:
+        await _fail(job, store, exc.reason, job_log)
+    except LeaseLost:
+        job_log.warning("job_lease_lost")
+    except asyncio.CancelledError:
+        reason = stop_reasons.pop(job.id, StopReason.SHUTDOWN)
+        if reason == StopReason.SHUTDOWN:
+            try:
+                await store.release(job)
+                job_log.info("job_released")
+            except Exception as release_error:
+                job_log.warning("job_release_failed", error=str(release_error))
+        else:
+            job_log.warning("job_stopped", reason=reason)
+        raise
+    except Exception as exc:
+        job_log.exception("job_crashed")
+        await _fail(
+            job,
+            store,
+            f"Internal error while running the job: {type(exc).__name__}: {exc}",
+            job_log,
+        )
+    finally:
+        structlog.contextvars.unbind_contextvars("job_id", "job_type", "attempt")
+
+
+async def _retry_or_fail(
+    job: Job,
+    store: JobStore,
+    policy: RetryPolicy,
+    exc: RetryLater,
+    job_log: structlog.typing.FilteringBoundLogger,
+) -> None:
+    if job.attempts >= job.max_attempts:
+        await _fail(
+            job,
+            store,
+            f"{exc.reason} (gave up after {job.attempts} of {job.max_attempts} attempts)",
+            job_log,
+        )
+        return
+    delay = policy.delay(job.attempts, exc.delay)
+    label = _RETRY_LABELS.get(exc.kind, "Temporary failure")
+    message = (
+        f"{label}; retrying in {delay:.0f} s (attempt {job.attempts + 1} of {job.max_attempts})"
+    )
+    try:
+        await store.retry(job, delay, message, exc.reason)
+        job_log.warning("job_retry_scheduled", reason=exc.reason, delay_s=round(delay, 3))
+    except LeaseLost:
+        job_log.warning("job_lease_lost")
+    except Exception as err:
+        # The lease runs out and the reaper returns the job; nothing is lost.
+        job_log.warning("job_outcome_not_recorded", error=str(err))
+
+
+async def _fail(
+    job: Job, store: JobStore, reason: str, job_log: structlog.typing.FilteringBoundLogger
+) -> None:
+    try:
+        await store.fail(job, reason)
+        job_log.warning("job_failed", reason=reason)
+    except LeaseLost:
+        job_log.warning("job_lease_lost")
+    except Exception as err:
+        job_log.warning("job_outcome_not_recorded", error=str(err))

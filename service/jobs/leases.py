@@ -1,0 +1,68 @@
+"""Leases: the heartbeat that renews ours, the reaper that returns expired ones."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from service.jobs.periodic import Periodic
+from service.jobs.store import JobStore
+from service.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class Heartbeat(Periodic):
+    """Renews the leases of the jobs this worker is running.
+
+    A job whose lease could not be renewed is no longer ours (reaped, cancelled or finished
+    elsewhere): `on_lost` is told so that the actor can stop.
+    """
+
+    name = "heartbeat"
+
+    def __init__(
+        self,
+        store: JobStore,
+        worker_id: str,
+        lease_s: float,
+        interval_s: float,
+        running: Callable[[], list[uuid.UUID]],
+        on_lost: Callable[[uuid.UUID], None],
+    ) -> None:
+        super().__init__(interval_s)
+        self._store = store
+        self._worker_id = worker_id
+        self._lease_s = lease_s
+        self._running = running
+        self._on_lost = on_lost
+
+    async def tick(self) -> None:
+        ids = self._running()
+        if not ids:
+            return
+        still_ours = await self._store.extend_leases(self._worker_id, ids, self._lease_s)
+        for job_id in ids:
+            if job_id not in still_ours:
+                self._on_lost(job_id)
+
+
+class Reaper(Periodic):
+    """Returns jobs whose lease expired to pending, or fails them when out of attempts.
+
+    Any worker may run it; an advisory lock lets one at a time do the work.
+    """
+
+    name = "reaper"
+
+    def __init__(self, store: JobStore, interval_s: float, on_requeued: Callable[[], None]) -> None:
+        super().__init__(interval_s)
+        self._store = store
+        self._on_requeued = on_requeued
+
+    async def tick(self) -> None:
+        reaped = await self._store.reap_expired()
+        for job_id, status in reaped:
+            log.warning("job_lease_expired", job_id=str(job_id), new_status=status)
+        if any(status == "pending" for _, status in reaped):
+            self._on_requeued()

@@ -1,0 +1,125 @@
+-- Runtime SQL of the queue. Every later write of a claimed job is fenced by its status,
+-- its lease owner and its attempt: a worker that lost its lease changes nothing.
+
+-- name: enqueue
+INSERT INTO ai_jobs (job_type, entity_id, created_by, max_attempts)
+VALUES ($1, $2, $3, $4)
+RETURNING *;
+
+-- name: get_job
+SELECT * FROM ai_jobs WHERE id = $1;
+
+-- name: list_jobs
+SELECT * FROM ai_jobs
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR job_type = $2)
+  AND ($3::bigint IS NULL OR entity_id = $3)
+  AND ($4::text IS NULL OR created_by = $4)
+ORDER BY created_at DESC, id DESC
+LIMIT $5;
+
+-- name: claim_jobs
+-- Claim up to $1 due jobs, oldest first, in one statement; commit at once.
+WITH due AS (
+  SELECT id FROM ai_jobs
+  WHERE status = 'pending' AND run_after <= now()
+  ORDER BY run_after
+  LIMIT $1
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE ai_jobs AS j
+SET status = 'processing',
+    attempts = j.attempts + 1,
+    locked_by = $2,
+    locked_until = now() + make_interval(secs => $3),
+    started_at = now(),
+    error_message = NULL
+FROM due
+WHERE j.id = due.id
+RETURNING j.*;
+
+-- name: update_progress
+UPDATE ai_jobs
+SET progress_message = $4, progress_current = $5, progress_total = $6
+WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
+
+-- name: complete_job
+UPDATE ai_jobs
+SET status = 'completed',
+    result = $4,
+    progress_message = $5,
+    progress_current = coalesce(progress_total, progress_current),
+    error_message = NULL,
+    locked_by = NULL,
+    locked_until = NULL,
+    finished_at = now()
+WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
+RETURNING *;
+
+-- name: fail_job
+UPDATE ai_jobs
+SET status = 'failed',
+    error_message = $4,
+    locked_by = NULL,
+    locked_until = NULL,
+    finished_at = now()
+WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
+RETURNING *;
+
+-- name: retry_job
+-- Back to pending after a transient failure; $4 is the delay in seconds.
+UPDATE ai_jobs
+SET status = 'pending',
+    run_after = now() + make_interval(secs => $4),
+    progress_message = $5,
+    error_message = $6,
+    locked_by = NULL,
+    locked_until = NULL
+WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
+RETURNING *;
+
+-- name: release_job
+-- Hand a job back untouched (graceful shutdown): the attempt is not counted.
+UPDATE ai_jobs
+SET status = 'pending',
+    attempts = attempts - 1,
+    run_after = now(),
+    locked_by = NULL,
+    locked_until = NULL
+WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
+
+-- name: extend_leases
+UPDATE ai_jobs
+SET locked_until = now() + make_interval(secs => $3)
+WHERE id = ANY($2::uuid[]) AND status = 'processing' AND locked_by = $1
+RETURNING id;
+
+-- name: reap_expired
+-- Jobs whose worker stopped renewing its lease: back to pending, or failed when out of
+-- attempts. The attempt the dead worker used stays counted.
+WITH expired AS (
+  SELECT id FROM ai_jobs
+  WHERE status = 'processing' AND locked_until < now()
+  ORDER BY locked_until
+  LIMIT $1
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE ai_jobs AS j
+SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' END,
+    error_message = CASE WHEN j.attempts >= j.max_attempts
+      THEN 'The worker running this job stopped responding and no attempts are left ('
+           || j.attempts || ' of ' || j.max_attempts || ')'
+      ELSE NULL END,
+    progress_message = CASE WHEN j.attempts >= j.max_attempts THEN j.progress_message
+      ELSE 'Worker lost; queued to run again (attempt ' || j.attempts || ' of '
+           || j.max_attempts || ' used)' END,
+    finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() ELSE NULL END,
+    run_after = now(),
+    locked_by = NULL,
+    locked_until = NULL
+FROM expired
+WHERE j.id = expired.id
+RETURNING j.id, j.status;
+
+-- name: try_reaper_lock
+SELECT pg_try_advisory_xact_lock($1);

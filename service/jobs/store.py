@@ -1,0 +1,135 @@
+"""JobStore: every query of the queue, run through one class."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from service.db.queries import Queries
+from service.jobs.model import ApplyEffect, Job
+
+Q = Queries("service.jobs", "queries.sql")
+
+REAPER_LOCK_ID = 0x61696A6F6272  # advisory lock held while one worker reaps leases
+
+
+class LeaseLost(Exception):
+    """The job is no longer ours: it was reaped, cancelled or finished elsewhere."""
+
+
+class JobStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # -- dispatch and reads -------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        job_type: str,
+        entity_id: int,
+        *,
+        created_by: str | None = None,
+        max_attempts: int = 5,
+        conn: asyncpg.Connection | None = None,
+    ) -> Job:
+        runner = conn or self.pool
+        row = await runner.fetchrow(Q.enqueue, job_type, entity_id, created_by, max_attempts)
+        assert row is not None
+        return Job.from_record(row)
+
+    async def get(self, job_id: uuid.UUID) -> Job | None:
+        row = await self.pool.fetchrow(Q.get_job, job_id)
+        return Job.from_record(row) if row else None
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        job_type: str | None = None,
+        entity_id: int | None = None,
+        created_by: str | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        rows = await self.pool.fetch(Q.list_jobs, status, job_type, entity_id, created_by, limit)
+        return [Job.from_record(r) for r in rows]
+
+    # -- the worker's side --------------------------------------------------------------
+
+    async def claim(self, limit: int, worker_id: str, lease_s: float) -> list[Job]:
+        rows = await self.pool.fetch(Q.claim_jobs, limit, worker_id, lease_s)
+        return [Job.from_record(r) for r in rows]
+
+    async def progress(
+        self,
+        job: Job,
+        message: str,
+        current: int | None,
+        total: int | None,
+    ) -> None:
+        status = await self.pool.execute(
+            Q.update_progress, job.id, job.locked_by, job.attempts, message, current, total
+        )
+        if status == "UPDATE 0":
+            raise LeaseLost(str(job.id))
+
+    async def complete(
+        self, job: Job, result: object, message: str, apply: ApplyEffect | None
+    ) -> Job:
+        """Mark the job completed and apply its effect, in one transaction.
+
+        Raises LeaseLost, and applies nothing, when the job is no longer ours. An exception
+        from `apply` rolls back both.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                Q.complete_job, job.id, job.locked_by, job.attempts, result, message
+            )
+            if row is None:
+                raise LeaseLost(str(job.id))
+            if apply is not None:
+                await apply(conn)
+        return Job.from_record(row)
+
+    async def fail(self, job: Job, error_message: str) -> Job:
+        row = await self.pool.fetchrow(
+            Q.fail_job, job.id, job.locked_by, job.attempts, error_message
+        )
+        if row is None:
+            raise LeaseLost(str(job.id))
+        return Job.from_record(row)
+
+    async def retry(
+        self, job: Job, delay_s: float, progress_message: str, error_message: str
+    ) -> Job:
+        row = await self.pool.fetchrow(
+            Q.retry_job,
+            job.id,
+            job.locked_by,
+            job.attempts,
+            delay_s,
+            progress_message,
+            error_message,
+        )
+        if row is None:
+            raise LeaseLost(str(job.id))
+        return Job.from_record(row)
+
+    async def release(self, job: Job) -> None:
+        await self.pool.execute(Q.release_job, job.id, job.locked_by, job.attempts)
+
+    async def extend_leases(
+        self, worker_id: str, job_ids: Sequence[uuid.UUID], lease_s: float
+    ) -> set[uuid.UUID]:
+        """Renew the leases of our running jobs; returns the ids still ours."""
+        rows = await self.pool.fetch(Q.extend_leases, worker_id, list(job_ids), lease_s)
+        return {r["id"] for r in rows}
+
+    async def reap_expired(self, batch: int = 500) -> list[tuple[uuid.UUID, str]]:
+        """Return jobs with expired leases to pending (or fail them), one reaper at a time."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(Q.try_reaper_lock, REAPER_LOCK_ID):
+                return []
+            rows = await conn.fetch(Q.reap_expired, batch)
+        return [(r["id"], r["status"]) for r in rows]

@@ -1,0 +1,180 @@
+"""The worker: one LISTEN connection wakes a dispatcher that claims jobs into actors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from service.jobs.actor import RetryPolicy, StopReason, run_actor
+from service.jobs.leases import Heartbeat, Reaper
+from service.jobs.listener import Listener
+from service.jobs.model import Job
+from service.jobs.registry import Registry
+from service.jobs.store import JobStore
+from service.logs import get_logger
+
+log = get_logger(__name__)
+
+NEW_JOBS_CHANNEL = "ai_jobs_new"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    concurrency: int = 10
+    poll_interval_s: float = 5.0
+    lease_s: float = 60.0
+    heartbeat_s: float = 15.0
+    reap_interval_s: float = 5.0
+    shutdown_grace_s: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Claims due jobs into at most `concurrency` actors, one coroutine each.
+
+    Wakes on NOTIFY, when an actor frees a slot while more work may wait, and every
+    `poll_interval_s` regardless, so a missed notification delays a job but never loses it.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        store: JobStore,
+        registry: Registry,
+        options: WorkerOptions,
+        worker_id: str | None = None,
+    ) -> None:
+        self.worker_id = worker_id or new_worker_id()
+        self.options = options
+        self._store = store
+        self._registry = registry
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._maybe_more = True
+        self._actors: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._stop_reasons: dict[object, str] = {}
+        self._dispatcher: asyncio.Task[None] | None = None
+        self.listener = Listener(
+            dsn, [NEW_JOBS_CHANNEL], self._on_notify, on_connect=self._on_listener_connect
+        )
+        self._heartbeat = Heartbeat(
+            store,
+            self.worker_id,
+            options.lease_s,
+            options.heartbeat_s,
+            running=lambda: list(self._actors),
+            on_lost=self._on_lease_lost,
+        )
+        self._reaper = Reaper(store, options.reap_interval_s, on_requeued=self.wake)
+
+    @property
+    def running_jobs(self) -> list[uuid.UUID]:
+        return list(self._actors)
+
+    def wake(self) -> None:
+        self._maybe_more = True
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        await self.listener.start()
+        await self._heartbeat.start()
+        await self._reaper.start()
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatcher")
+        log.info(
+            "worker_started",
+            worker_id=self.worker_id,
+            concurrency=self.options.concurrency,
+            job_types=sorted(self._registry),
+        )
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming, let running actors finish within the grace period, then release
+        what is still running back to pending without counting the attempt."""
+        grace = self.options.shutdown_grace_s if grace_s is None else grace_s
+        self._stopping.set()
+        self._wakeup.set()
+        if self._dispatcher is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            self._dispatcher = None
+        running = list(self._actors.values())
+        if running:
+            log.info("worker_draining", running=len(running), grace_s=grace)
+            _, still_running = await asyncio.wait(running, timeout=grace)
+            for task in still_running:
+                task.cancel()
+            if still_running:
+                await asyncio.wait(still_running)
+        await self._reaper.stop()
+        await self._heartbeat.stop()
+        await self.listener.stop()
+        log.info("worker_stopped", worker_id=self.worker_id)
+
+    # -- wake-ups -----------------------------------------------------------------------
+
+    def _on_notify(self, _channel: str, _payload: str) -> None:
+        self.wake()
+
+    def _on_listener_connect(self) -> None:
+        # Notifications sent while we were away are lost: catch up from the table.
+        self.wake()
+
+    def _on_lease_lost(self, job_id: uuid.UUID) -> None:
+        task = self._actors.get(job_id)
+        if task is not None and not task.done():
+            self._stop_reasons[job_id] = StopReason.LEASE_LOST
+            task.cancel()
+
+    # -- the claim loop -----------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self.options.concurrency - len(self._actors)
+            self._wakeup.clear()
+            if free > 0:
+                try:
+                    jobs = await self._store.claim(free, self.worker_id, self.options.lease_s)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("claim_failed", error=str(exc), retry_in_s=backoff)
+                    await self._wait(backoff)
+                    backoff = min(backoff * 2, self.options.poll_interval_s)
+                    continue
+                backoff = 0.1
+                for job in jobs:
+                    self._spawn(job)
+                self._maybe_more = len(jobs) == free
+                if self._maybe_more:
+                    continue
+            await self._wait(self.options.poll_interval_s)
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
+
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.create_task(
+            run_actor(job, self._store, self._registry, self.options.retry, self._stop_reasons),
+            name=f"actor:{job.id}",
+        )
+        self._actors[job.id] = task
+        task.add_done_callback(functools.partial(self._on_actor_done, job.id))
+
+    def _on_actor_done(self, job_id: uuid.UUID, _task: object) -> None:
+        self._actors.pop(job_id, None)
+        self._stop_reasons.pop(job_id, None)
+        if self._maybe_more:
+            self._wakeup.set()

@@ -1,0 +1,160 @@
+"""Assembling the processes: the database, the analyzer, the worker, the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from service.ai.analyzer import Analyzer
+from service.ai.claude import ClaudeAnalyzer, create_client
+from service.ai.offline import OfflineAnalyzer
+from service.ai.processors import ProcessorDeps, build_registry
+from service.api.app import create_app
+from service.config import Settings
+from service.db.embedded import EmbeddedPostgres
+from service.db.migrations import migrate
+from service.db.pool import connect, create_pool
+from service.entities.store import EntityStore
+from service.jobs.actor import RetryPolicy
+from service.jobs.store import JobStore
+from service.jobs.worker import Worker, WorkerOptions
+from service.logs import get_logger
+
+log = get_logger(__name__)
+
+EMBEDDED_DATABASE = "aijobs"
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """Yield the DSN to use: DATABASE_URL, or an embedded server started for this process."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    server = EmbeddedPostgres(settings.data_dir.resolve())
+    server.start()
+    try:
+        conn = await asyncpg.connect(server.dsn("postgres"))
+        try:
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_database WHERE datname = $1", EMBEDDED_DATABASE
+            )
+            if not exists:
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                    await conn.execute(f'CREATE DATABASE "{EMBEDDED_DATABASE}"')
+        finally:
+            await conn.close()
+        yield server.dsn(EMBEDDED_DATABASE)
+    finally:
+        server.stop()
+
+
+async def run_migrations(dsn: str) -> list[int]:
+    conn = await connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def analyzer_for(settings: Settings) -> AsyncIterator[Analyzer]:
+    if settings.anthropic_api_key:
+        client = create_client(
+            settings.anthropic_api_key, settings.anthropic_base_url, settings.anthropic_timeout_s
+        )
+        try:
+            yield ClaudeAnalyzer(client, settings.model, settings.max_tokens)
+        finally:
+            await client.close()
+    else:
+        log.info("offline_analyzer_in_use", reason="ANTHROPIC_API_KEY is not set")
+        yield OfflineAnalyzer(settings.offline_delay_s)
+
+
+def worker_options(settings: Settings, concurrency: int | None = None) -> WorkerOptions:
+    return WorkerOptions(
+        concurrency=concurrency or settings.concurrency,
+        poll_interval_s=settings.poll_interval_s,
+        lease_s=settings.lease_s,
+        heartbeat_s=settings.heartbeat_s,
+        reap_interval_s=min(settings.lease_s / 2, 5.0),
+        retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
+    )
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, dsn: str, pool: asyncpg.Pool, concurrency: int | None = None
+) -> AsyncIterator[Worker]:
+    async with analyzer_for(settings) as analyzer:
+        deps = ProcessorDeps(analyzer, EntityStore(pool), settings.map_controls_batch_size)
+        worker = Worker(
+            dsn,
+            JobStore(pool),
+            build_registry(deps, settings.max_attempts),
+            worker_options(settings, concurrency),
+        )
+        await worker.start()
+        try:
+            yield worker
+        finally:
+            await worker.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_api(
+    settings: Settings, dsn: str, host: str, port: int, pool: asyncpg.Pool | None = None
+) -> AsyncIterator[web.AppRunner]:
+    runner = web.AppRunner(create_app(settings, dsn, pool), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("api_started", url=f"http://{host}:{port}")
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+        log.info("api_stopped")
+
+
+async def serve(
+    settings: Settings,
+    *,
+    api: bool,
+    worker: bool,
+    host: str,
+    port: int,
+    concurrency: int | None = None,
+) -> None:
+    """Run the API, the worker, or both, until SIGTERM or SIGINT."""
+    stop = stop_on_signals()
+    async with database(settings) as dsn:
+        await run_migrations(dsn)
+        pool = await create_pool(dsn, settings.pool_min_size, settings.pool_max_size)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if worker:
+                    await stack.enter_async_context(
+                        running_worker(settings, dsn, pool, concurrency)
+                    )
+                if api:
+                    await stack.enter_async_context(running_api(settings, dsn, host, port, pool))
+                await stop.wait()
+                log.info("shutdown_requested")
+        finally:
+            await pool.close()
