@@ -916,9 +916,10 @@ class FakeAnthropic:
         try:
             raw = await request.read()
             try:
-                record.body = json.loads(raw)
+                parsed = json.loads(raw)
             except ValueError:
-                record.body = {}
+                parsed = None
+            record.body = parsed if isinstance(parsed, dict) else {}
             self._notify()
             try:
                 response = await self._answer(request, record, raw)
@@ -1023,7 +1024,7 @@ class FakeAnthropic:
         headers = {**self._base_headers(), **limit_headers}
         if isinstance(behaviour, Malformed) and behaviour.kind == "invalid_json_body":
             if body.get("stream"):
-                return await self._stream_broken(request, body, headers)
+                return await self._stream_broken(request, headers)
             broken = b'{"id": "msg_broken", "type": "message", "content": [{"type": "te'
             return web.Response(
                 body=broken, status=200, headers=headers, content_type="application/json"
@@ -1125,24 +1126,36 @@ class FakeAnthropic:
     # -- usage and prompt caching ------------------------------------------------------------
 
     def _usage(self, body: Mapping[str, Any], content: list[JSONDict]) -> JSONDict:
+        """Token usage; prompt caching keyed on hashed prefixes ending at cache breakpoints.
+
+        A breakpoint (``cache_control: {"type": "ephemeral"}``) stores the prefix up to and
+        including its block. Like the real API, a breakpoint also finds a cached prefix that
+        ends up to 20 blocks earlier, so a conversation whose breakpoint moves forward reads
+        the previous turn's prefix and writes only the new part.
+        """
         segments = list(_segments(body))
         total = estimate_tokens(_join([s.text for s in segments]))
         scope = _key({"model": body.get("model"), "tools": body.get("tools") or []})
         digest = hashlib.sha256(scope.encode())
-        breakpoints: list[tuple[str, int]] = []
-        for index, segment in enumerate(segments):
+        prefixes: list[tuple[str, int]] = []  # (hash, tokens) of the prefix ending at each block
+        length, has_text = 0, False
+        for segment in segments:
             digest.update(b"\x00" + segment.key.encode())
-            if segment.cached:
-                prefix_tokens = len(_join([s.text for s in segments[: index + 1]])) // 4
-                breakpoints.append((digest.hexdigest(), prefix_tokens))
-        read = 0
-        for key, prefix_tokens in breakpoints:
-            if key in self._cache:
-                read = max(read, prefix_tokens)
-        created = 0
+            if segment.text:
+                length += len(segment.text) + (1 if has_text else 0)
+                has_text = True
+            prefixes.append((digest.hexdigest(), length // 4))
+        breakpoints = [i for i, segment in enumerate(segments) if segment.cached]
+        read = created = 0
         if breakpoints:
-            created = max(0, breakpoints[-1][1] - read)
-            self._cache.update(key for key, _ in breakpoints)
+            for point in breakpoints:
+                for index in range(point, max(-1, point - 21), -1):
+                    key, tokens = prefixes[index]
+                    if key in self._cache:
+                        read = max(read, tokens)
+                        break
+            created = max(0, prefixes[breakpoints[-1]][1] - read)
+            self._cache.update(prefixes[point][0] for point in breakpoints)
         output = max(1, len(json.dumps(content)) // 4)
         return {
             "input_tokens": max(1, total - read - created),
@@ -1206,7 +1219,7 @@ class FakeAnthropic:
         return response
 
     async def _stream_broken(
-        self, request: web.Request, body: JSONDict, headers: Mapping[str, str]
+        self, request: web.Request, headers: Mapping[str, str]
     ) -> web.StreamResponse:
         response = await self._start_stream(request, headers)
         await response.write(b'event: message_start\ndata: {"type": "message_start", "mess\n\n')

@@ -503,23 +503,32 @@ async def test_prompt_cache_creation_then_read(client: anthropic.AsyncAnthropic)
     assert third.usage.cache_read_input_tokens == 0
 
 
-async def test_prompt_cache_in_messages_extends_prefix(client: anthropic.AsyncAnthropic) -> None:
-    def conversation(turns: int) -> list[MessageParam]:
-        messages: list[MessageParam] = []
-        for i in range(turns):
-            block: dict[str, Any] = {"type": "text", "text": f"turn {i} " + "m" * 100}
-            if i == turns - 1:
-                block["cache_control"] = {"type": "ephemeral"}
-            messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": [block]})
-        return messages
+async def test_prompt_cache_breakpoint_moving_forward(client: anthropic.AsyncAnthropic) -> None:
+    def turn(text: str, cached: bool) -> list[TextBlockParam]:
+        if cached:
+            return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+        return [{"type": "text", "text": text}]
 
-    first = await client.messages.create(model=MODEL, max_tokens=64, messages=conversation(1))
-    assert first.usage.cache_creation_input_tokens
+    first_turn = "a" * 400  # 100 tokens
+    one: list[MessageParam] = [{"role": "user", "content": turn(first_turn, True)}]
+    first = await client.messages.create(model=MODEL, max_tokens=64, messages=one)
+    assert first.usage.cache_creation_input_tokens == 100
     assert first.usage.cache_read_input_tokens == 0
-    repeat = await client.messages.create(model=MODEL, max_tokens=64, messages=conversation(1))
-    assert repeat.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
-    assert repeat.usage.cache_creation_input_tokens == 0
-    assert repeat.usage.input_tokens >= 1
+
+    three: list[MessageParam] = [
+        {"role": "user", "content": turn(first_turn, False)},
+        {"role": "assistant", "content": turn("b" * 199, False)},
+        {"role": "user", "content": turn("c" * 199, True)},
+    ]
+    second = await client.messages.create(model=MODEL, max_tokens=64, messages=three)
+    # The whole prefix is 400 + 1 + 199 + 1 + 199 characters (joined by newlines): 200 tokens.
+    assert second.usage.cache_read_input_tokens == 100
+    assert second.usage.cache_creation_input_tokens == 100
+    assert second.usage.input_tokens >= 1
+
+    again = await client.messages.create(model=MODEL, max_tokens=64, messages=three)
+    assert again.usage.cache_read_input_tokens == 200
+    assert again.usage.cache_creation_input_tokens == 0
 
 
 async def test_count_tokens(fake: FakeAnthropic, client: anthropic.AsyncAnthropic) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
@@ -172,7 +173,8 @@ class ClaudeAnalyzer:
                 tool_choice={"type": "tool", "name": tool_name},
             )
             return message
-        except anthropic.APIResponseValidationError as exc:
+        except (anthropic.APIResponseValidationError, json.JSONDecodeError) as exc:
+            # A garbled response is the transport's fault, not the model's: try again later.
             raise RetryLater(f"The Anthropic API sent a response we could not read: {exc}") from exc
         except anthropic.AnthropicError as exc:
             raise translate(exc) from exc

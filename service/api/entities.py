@@ -111,7 +111,7 @@ async def create_mapping(request: web.Request) -> web.Response:
     try:
         row = await request.app[ENTITIES].create_mapping(requirement_id, document_id)
     except asyncpg.ForeignKeyViolationError as exc:
-        if "requirement" in (exc.constraint_name or ""):
+        if "requirement_id" in (exc.constraint_name or ""):
             raise not_found(f"Requirement {requirement_id} not found") from None
         raise not_found(f"Document {document_id} not found") from None
     except asyncpg.UniqueViolationError:
