@@ -33,6 +33,9 @@ SET status = 'processing',
     locked_by = $2,
     locked_until = now() + make_interval(secs => $3),
     started_at = now(),
+    progress_message = 'Starting...',
+    progress_current = NULL,
+    progress_total = NULL,
     error_message = NULL
 FROM due
 WHERE j.id = due.id
@@ -44,13 +47,13 @@ SET progress_message = $4, progress_current = $5, progress_total = $6
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
 
 -- name: complete_job
+-- locked_by stays on a finished job: it names the worker that ran it.
 UPDATE ai_jobs
 SET status = 'completed',
     result = $4,
     progress_message = $5,
     progress_current = coalesce(progress_total, progress_current),
     error_message = NULL,
-    locked_by = NULL,
     locked_until = NULL,
     finished_at = now()
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
@@ -60,7 +63,6 @@ RETURNING *;
 UPDATE ai_jobs
 SET status = 'failed',
     error_message = $4,
-    locked_by = NULL,
     locked_until = NULL,
     finished_at = now()
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
