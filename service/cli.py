@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             async with runtime.database(settings) as dsn:
                 applied = await runtime.run_migrations(dsn)
                 print(
-                    f"applied {len(applied)} migration(s): {applied}" if applied else "up to date"
+                    f"applied migrations {applied}" if applied else "migrations up to date"
                 )
 
         asyncio.run(_migrate())

@@ -19,7 +19,7 @@ from service.jobs.store import JobStore
 from service.logs import configure_logging
 from service.runtime import running_worker
 from tests.fake_anthropic import FakeAnthropic
-from tests.pg import TestDatabases
+from tests.pg import DatabaseFactory
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,15 +27,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def databases() -> Iterator[TestDatabases]:
-    dbs = TestDatabases()
+def databases() -> Iterator[DatabaseFactory]:
+    dbs = DatabaseFactory()
     dbs.start()
     yield dbs
     dbs.stop()
 
 
 @pytest.fixture
-async def dsn(databases: TestDatabases) -> AsyncIterator[str]:
+async def dsn(databases: DatabaseFactory) -> AsyncIterator[str]:
     name = await databases.create()
     yield databases.dsn(name)
     await databases.drop(name)

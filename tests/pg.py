@@ -38,7 +38,7 @@ async def _answers(dsn: str) -> bool:
     return True
 
 
-class TestDatabases:
+class DatabaseFactory:
     def __init__(self) -> None:
         self.run_id = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self.admin_dsn = ""

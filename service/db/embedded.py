@@ -136,9 +136,10 @@ class EmbeddedPostgres:
         running = self._running_postmaster()
         if running is not None:
             pid, port = running
-            parent = _parent_pid(pid)
-            if parent is not None and parent != 1 and _pid_alive(parent):
-                log.info("embedded_postgres_joined", pid=pid, port=port)
+            owner = self._owner()
+            if owner is not None and _pid_alive(owner) and _parent_pid(pid) == owner:
+                # Another live aijobs process runs it: share it, and leave stopping to it.
+                log.info("embedded_postgres_joined", pid=pid, port=port, owner=owner)
                 self.port = port
                 return
             log.warning("embedded_postgres_orphan_stopped", pid=pid)
@@ -174,6 +175,7 @@ class EmbeddedPostgres:
         finally:
             logfile.close()
         self._wait_ready(timeout)
+        self._owner_file.write_text(str(os.getpid()))
         log.info("embedded_postgres_started", pid=self.process.pid, port=self.port)
 
     def stop(self) -> None:
@@ -189,6 +191,18 @@ class EmbeddedPostgres:
                 self.process.wait()
         log.info("embedded_postgres_stopped", pid=self.process.pid)
         self.process = None
+        with contextlib.suppress(OSError):
+            self._owner_file.unlink()
+
+    @property
+    def _owner_file(self) -> Path:
+        return self.data_dir / "server.owner"
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self._owner_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def _initdb(self, user: pwd.struct_passwd | None) -> None:
         if (self.pgdata / "PG_VERSION").exists():
