@@ -66,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         async def _migrate() -> None:
             async with runtime.database(settings) as dsn:
                 applied = await runtime.run_migrations(dsn)
-                print(
-                    f"applied migrations {applied}" if applied else "migrations up to date"
-                )
+                print(f"applied migrations {applied}" if applied else "migrations up to date")
 
         asyncio.run(_migrate())
         return 0
