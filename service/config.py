@@ -8,6 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
+JOB_TYPES = ("ai-match", "ai-coverage", "ai-map-controls")
+# Seconds an attempt of each job type may run before it is cancelled and retried.
+DEFAULT_TIMEOUTS = {"ai-match": 300.0, "ai-coverage": 600.0, "ai-map-controls": 1800.0}
+
+
+def _env_suffix(job_type: str) -> str:
+    return job_type.upper().replace("-", "_")
 
 
 class ConfigError(ValueError):
@@ -69,6 +76,9 @@ class Settings:
     lease_s: float = 60.0
     heartbeat_s: float = 15.0
     max_attempts: int = 5
+    max_attempts_by_type: Mapping[str, int] = field(default_factory=dict)
+    timeout_by_type: Mapping[str, float] = field(default_factory=dict)
+    shutdown_grace_s: float = 30.0
     retry_base_s: float = 2.0
     retry_max_s: float = 300.0
     map_controls_batch_size: int = 25
@@ -84,6 +94,12 @@ class Settings:
     @property
     def uses_claude(self) -> bool:
         return self.anthropic_api_key is not None
+
+    def max_attempts_for(self, job_type: str) -> int:
+        return self.max_attempts_by_type.get(job_type, self.max_attempts)
+
+    def timeout_for(self, job_type: str) -> float:
+        return self.timeout_by_type.get(job_type, DEFAULT_TIMEOUTS.get(job_type, 600.0))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +127,17 @@ class Settings:
             lease_s=_float(e, "AIJOBS_LEASE", defaults.lease_s, 1.0),
             heartbeat_s=_float(e, "AIJOBS_HEARTBEAT", defaults.heartbeat_s, 0.1),
             max_attempts=_int(e, "AIJOBS_MAX_ATTEMPTS", defaults.max_attempts, 1),
+            max_attempts_by_type={
+                t: _int(e, f"AIJOBS_MAX_ATTEMPTS_{_env_suffix(t)}", 0, 1)
+                for t in JOB_TYPES
+                if e.get(f"AIJOBS_MAX_ATTEMPTS_{_env_suffix(t)}")
+            },
+            timeout_by_type={
+                t: _float(e, f"AIJOBS_TIMEOUT_{_env_suffix(t)}", 0.0, 0.1)
+                for t in JOB_TYPES
+                if e.get(f"AIJOBS_TIMEOUT_{_env_suffix(t)}")
+            },
+            shutdown_grace_s=_float(e, "AIJOBS_SHUTDOWN_GRACE", defaults.shutdown_grace_s),
             retry_base_s=_float(e, "AIJOBS_RETRY_BASE", defaults.retry_base_s),
             retry_max_s=_float(e, "AIJOBS_RETRY_MAX", defaults.retry_max_s),
             map_controls_batch_size=_int(

@@ -15,7 +15,7 @@ from service.ai.claude import ClaudeAnalyzer, create_client
 from service.ai.offline import OfflineAnalyzer
 from service.ai.processors import ProcessorDeps, build_registry
 from service.api.app import create_app
-from service.config import Settings
+from service.config import JOB_TYPES, Settings
 from service.db.embedded import EmbeddedPostgres
 from service.db.migrations import migrate
 from service.db.pool import connect, create_pool
@@ -84,6 +84,7 @@ def worker_options(settings: Settings, concurrency: int | None = None) -> Worker
         lease_s=settings.lease_s,
         heartbeat_s=settings.heartbeat_s,
         reap_interval_s=min(settings.lease_s / 2, 5.0),
+        shutdown_grace_s=settings.shutdown_grace_s,
         retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
     )
 
@@ -106,7 +107,7 @@ async def running_worker(
         worker = Worker(
             dsn,
             JobStore(pool),
-            build_registry(deps, settings.max_attempts),
+            build_registry(deps, {t: settings.timeout_for(t) for t in JOB_TYPES}),
             worker_options(settings, concurrency),
         )
         await worker.start()

@@ -60,7 +60,7 @@ def scripted_registry(calls: Counter[int]) -> dict[str, JobType]:
             raise PermanentFailure("cannot be done")
         return Completion({"ok": ctx.job.entity_id})
 
-    return {"ai-match": JobType("ai-match", run, max_attempts=3)}
+    return {"ai-match": JobType("ai-match", run)}
 
 
 async def test_outcomes_and_a_crashing_processor_does_not_stop_the_worker(

@@ -5,6 +5,8 @@ Never waits for the model: the job is a row, and the workers take it from there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from service.ai.processors import coverage, map_controls, match
 from service.entities.store import EntityStore
 from service.jobs.model import Job
@@ -21,17 +23,40 @@ class NotAnalysable(ValueError):
     """The entity exists but there is nothing to analyse."""
 
 
+class IdempotencyKeyReused(ValueError):
+    """The Idempotency-Key named a job of another type or entity."""
+
+
 class Dispatcher:
-    def __init__(self, entities: EntityStore, jobs: JobStore, max_attempts: int = 5) -> None:
+    def __init__(
+        self, entities: EntityStore, jobs: JobStore, max_attempts: Callable[[str], int]
+    ) -> None:
         self._entities = entities
         self._jobs = jobs
         self._max_attempts = max_attempts
 
-    async def dispatch(self, job_type: str, entity_id: int, created_by: str | None = None) -> Job:
+    async def dispatch(
+        self,
+        job_type: str,
+        entity_id: int,
+        created_by: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """The job for this analysis: a new one, or the live (or same-key) one already there."""
         await self.check(job_type, entity_id)
-        return await self._jobs.enqueue(
-            job_type, entity_id, created_by=created_by, max_attempts=self._max_attempts
+        job, _created = await self._jobs.enqueue_once(
+            job_type,
+            entity_id,
+            created_by=created_by,
+            max_attempts=self._max_attempts(job_type),
+            idempotency_key=idempotency_key,
         )
+        if (job.job_type, job.entity_id) != (job_type, entity_id):
+            raise IdempotencyKeyReused(
+                f"Idempotency-Key {idempotency_key!r} was used for a {job.job_type} job "
+                f"of entity {job.entity_id}"
+            )
+        return job
 
     async def check(self, job_type: str, entity_id: int) -> None:
         """Raise EntityMissing or NotAnalysable when a job of this type cannot run."""

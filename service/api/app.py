@@ -31,7 +31,7 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
         app[POOL] = the_pool
         app[ENTITIES] = EntityStore(the_pool)
         app[JOBS] = JobStore(the_pool)
-        app[DISPATCHER] = Dispatcher(app[ENTITIES], app[JOBS], settings.max_attempts)
+        app[DISPATCHER] = Dispatcher(app[ENTITIES], app[JOBS], settings.max_attempts_for)
         yield
         if owned:
             await the_pool.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.ai.dispatch import JOB_TYPES, EntityMissing, NotAnalysable
+from service.ai.dispatch import JOB_TYPES, EntityMissing, IdempotencyKeyReused, NotAnalysable
 from service.api import parse, render
 from service.api.errors import ApiError, bad_request, not_found
 from service.api.state import DISPATCHER, JOBS
@@ -16,12 +16,15 @@ STATUSES = ("pending", "processing", "completed", "failed")
 
 async def _dispatch(request: web.Request, job_type: str, what: str) -> web.Response:
     entity_id = parse.path_id(request, what=what)
+    key = parse.idempotency_key(request)
     try:
-        job = await request.app[DISPATCHER].dispatch(job_type, entity_id)
+        job = await request.app[DISPATCHER].dispatch(job_type, entity_id, idempotency_key=key)
     except EntityMissing as exc:
         raise not_found(str(exc)) from None
     except NotAnalysable as exc:
         raise ApiError(422, "not_analysable", str(exc)) from None
+    except IdempotencyKeyReused as exc:
+        raise ApiError(422, "idempotency_key_reused", str(exc)) from None
     location = f"/api/ai-jobs/{job.id}"
     return render.json_response(
         {"jobId": str(job.id), "status": job.status}, 202, {"Location": location}
@@ -49,6 +52,19 @@ async def get_job(request: web.Request) -> web.Response:
     job = await request.app[JOBS].get(job_id)
     if job is None:
         raise not_found(f"Job {job_id} not found")
+    return render.json_response(render.job_json(job))
+
+
+@routes.post("/api/ai-jobs/{jobId}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = parse.path_uuid(request)
+    jobs = request.app[JOBS]
+    job = await jobs.cancel(job_id)
+    if job is None:
+        finished = await jobs.get(job_id)
+        if finished is None:
+            raise not_found(f"Job {job_id} not found")
+        raise ApiError(409, "job_finished", f"Job {job_id} has already {finished.status}")
     return render.json_response(render.job_json(job))
 
 

@@ -84,6 +84,17 @@ def id_field(data: dict[str, Any], name: str) -> int:
     return value
 
 
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key or len(key) > 255 or not key.isprintable():
+        raise bad_request(
+            "Idempotency-Key must be 1 to 255 printable characters", "invalid_idempotency_key"
+        )
+    return key
+
+
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":

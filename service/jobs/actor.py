@@ -44,6 +44,7 @@ class RetryPolicy:
 class StopReason:
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease_lost"
+    CANCELLED = "cancelled"
 
 
 async def run_actor(

@@ -2,9 +2,24 @@
 -- its lease owner and its attempt: a worker that lost its lease changes nothing.
 
 -- name: enqueue
-INSERT INTO ai_jobs (job_type, entity_id, created_by, max_attempts)
-VALUES ($1, $2, $3, $4)
+-- Nothing is inserted when the same job is live already, or the key was used: see
+-- find_duplicate.
+INSERT INTO ai_jobs (job_type, entity_id, created_by, max_attempts, idempotency_key)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT DO NOTHING
 RETURNING *;
+
+-- name: find_duplicate
+-- The job an enqueue collided with: the one with this Idempotency-Key, else the live one.
+SELECT * FROM ai_jobs
+WHERE coalesce(created_by, '') = coalesce($3, '')
+  AND (idempotency_key = $4::text
+       OR (job_type = $1 AND entity_id = $2 AND status IN ('pending', 'processing')))
+ORDER BY idempotency_key IS NOT DISTINCT FROM $4::text DESC
+LIMIT 1;
+
+-- name: cancel_job
+SELECT * FROM ai_jobs_cancel($1);
 
 -- name: get_job
 SELECT * FROM ai_jobs WHERE id = $1;

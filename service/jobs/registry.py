@@ -18,7 +18,6 @@ Processor = Callable[["JobContext"], Awaitable[Completion]]
 class JobType:
     name: str
     run: Processor
-    max_attempts: int = 5
     timeout_s: float = 600.0
 
 

@@ -32,12 +32,49 @@ class JobStore:
         *,
         created_by: str | None = None,
         max_attempts: int = 5,
-        conn: asyncpg.Connection | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
-        runner = conn or self.pool
-        row = await runner.fetchrow(Q.enqueue, job_type, entity_id, created_by, max_attempts)
-        assert row is not None
-        return Job.from_record(row)
+        job, _ = await self.enqueue_once(
+            job_type,
+            entity_id,
+            created_by=created_by,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+        )
+        return job
+
+    async def enqueue_once(
+        self,
+        job_type: str,
+        entity_id: int,
+        *,
+        created_by: str | None = None,
+        max_attempts: int = 5,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Insert a job unless an identical one is live, or the key was used already.
+
+        Returns the job and whether it is new. A unique index decides, not a read: fifty
+        identical dispatches at once create one job.
+        """
+        args = (job_type, entity_id, created_by)
+        for _ in range(5):
+            row = await self.pool.fetchrow(Q.enqueue, *args, max_attempts, idempotency_key)
+            if row is not None:
+                return Job.from_record(row), True
+            existing = await self.pool.fetchrow(Q.find_duplicate, *args, idempotency_key)
+            if existing is not None:
+                return Job.from_record(existing), False
+            # The live job we collided with finished in between: try again.
+        raise RuntimeError(f"could not enqueue {job_type} for {entity_id}: constant conflicts")
+
+    async def cancel(self, job_id: uuid.UUID) -> Job | None:
+        """Fail a pending or running job with 'Cancelled'.
+
+        Returns the cancelled job; None when there is no such job or it had finished.
+        """
+        row = await self.pool.fetchrow(Q.cancel_job, job_id)
+        return Job.from_record(row) if row else None
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
         row = await self.pool.fetchrow(Q.get_job, job_id)

@@ -23,6 +23,7 @@ from service.logs import get_logger
 log = get_logger(__name__)
 
 NEW_JOBS_CHANNEL = "ai_jobs_new"
+CANCEL_CHANNEL = "ai_jobs_cancel"
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,10 @@ class Worker:
         self._stop_reasons: dict[object, str] = {}
         self._dispatcher: asyncio.Task[None] | None = None
         self.listener = Listener(
-            dsn, [NEW_JOBS_CHANNEL], self._on_notify, on_connect=self._on_listener_connect
+            dsn,
+            [NEW_JOBS_CHANNEL, CANCEL_CHANNEL],
+            self._on_notify,
+            on_connect=self._on_listener_connect,
         )
         self._heartbeat = Heartbeat(
             store,
@@ -124,7 +128,11 @@ class Worker:
 
     # -- wake-ups -----------------------------------------------------------------------
 
-    def _on_notify(self, _channel: str, _payload: str) -> None:
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == CANCEL_CHANNEL:
+            with contextlib.suppress(ValueError):
+                self._stop_actor(uuid.UUID(payload), StopReason.CANCELLED)
+            return
         self.wake()
 
     def _on_listener_connect(self) -> None:
@@ -132,9 +140,13 @@ class Worker:
         self.wake()
 
     def _on_lease_lost(self, job_id: uuid.UUID) -> None:
+        self._stop_actor(job_id, StopReason.LEASE_LOST)
+
+    def _stop_actor(self, job_id: uuid.UUID, reason: str) -> None:
+        """Stop an actor whose job is no longer ours to finish; it writes nothing more."""
         task = self._actors.get(job_id)
         if task is not None and not task.done():
-            self._stop_reasons[job_id] = StopReason.LEASE_LOST
+            self._stop_reasons[job_id] = reason
             task.cancel()
 
     # -- the claim loop -----------------------------------------------------------------

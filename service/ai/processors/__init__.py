@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.ai.analyzer import Analyzer, Usage
@@ -31,16 +32,13 @@ def analyzer_fields(deps: ProcessorDeps, usage: Usage) -> dict[str, object]:
     }
 
 
-def build_registry(deps: ProcessorDeps, max_attempts: int = 5) -> Registry:
+def build_registry(deps: ProcessorDeps, timeouts: Mapping[str, float]) -> Registry:
+    """The three job types; `timeouts` gives each its run time limit in seconds."""
     from service.ai.processors import coverage, map_controls, match
 
     return {
-        jt.name: jt
-        for jt in (
-            JobType(match.JOB_TYPE, match.processor(deps), max_attempts, timeout_s=300),
-            JobType(coverage.JOB_TYPE, coverage.processor(deps), max_attempts, timeout_s=600),
-            JobType(
-                map_controls.JOB_TYPE, map_controls.processor(deps), max_attempts, timeout_s=1800
-            ),
+        module.JOB_TYPE: JobType(
+            module.JOB_TYPE, module.processor(deps), timeouts.get(module.JOB_TYPE, 600.0)
         )
+        for module in (match, coverage, map_controls)
     }
