@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -142,3 +146,52 @@ async def seed_controls(entities: EntityStore, count: int) -> list[dict[str, Any
             for i in range(1, count + 1)
         ]
     )
+
+
+class WorkerProcess:
+    """`aijobs worker` in a process of its own; its JSON log goes to a file."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log_path: str) -> None:
+        self.proc = proc
+        self.log_path = log_path
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        with open(self.log_path, "rb") as log:
+            return [orjson.loads(line) for line in log if line.startswith(b"{")]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait(self, within: float = 60.0) -> int:
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+
+async def start_worker_process(
+    dsn: str, fake: FakeAnthropic, concurrency: int, **env_overrides: str
+) -> WorkerProcess:
+    """Start `aijobs worker --concurrency N` against `dsn` and the fake Claude."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "ANTHROPIC_API_KEY": "test-key",
+        "ANTHROPIC_BASE_URL": fake.url,
+        "AIJOBS_LOG_FORMAT": "json",
+        "AIJOBS_POLL_INTERVAL": "0.5",
+        **env_overrides,
+    }
+    fd, log_path = tempfile.mkstemp(prefix="aijobs-worker-", suffix=".log")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=fd,
+        )
+    finally:
+        os.close(fd)
+    return WorkerProcess(proc, log_path)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections import Counter
 from typing import Any
 
 import asyncpg
-import orjson
 
 from service.entities.store import EntityStore
 from service.jobs.model import Completion, PermanentFailure, RetryLater
@@ -18,7 +15,7 @@ from service.jobs.registry import JobType
 from service.jobs.store import JobStore
 from service.jobs.worker import Worker, WorkerOptions
 from service.runtime import running_worker
-from tests.conftest import make_settings, wait_for_job, wait_until
+from tests.conftest import make_settings, start_worker_process, wait_for_job, wait_until
 from tests.fake_anthropic import Error, FakeAnthropic
 from tests.test_api_jobs import make_mapping
 
@@ -117,28 +114,6 @@ async def test_attempts_run_out(
     assert len(fake.requests) == 3
 
 
-async def start_worker_process(dsn: str, fake: FakeAnthropic, concurrency: int) -> Any:
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn,
-        "ANTHROPIC_API_KEY": "test-key",
-        "ANTHROPIC_BASE_URL": fake.url,
-        "AIJOBS_LOG_FORMAT": "json",
-        "AIJOBS_POLL_INTERVAL": "0.5",
-    }
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "service",
-        "worker",
-        "--concurrency",
-        str(concurrency),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
 async def test_two_worker_processes_run_each_of_200_jobs_exactly_once(
     dsn: str, pool: asyncpg.Pool, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
 ) -> None:
@@ -163,9 +138,9 @@ async def test_two_worker_processes_run_each_of_200_jobs_exactly_once(
         await wait_until(all_finished, within=90, interval=0.1)
     finally:
         for proc in workers:
-            proc.send_signal(signal.SIGTERM)
-        outputs = [await proc.communicate() for proc in workers]
-    assert [proc.returncode for proc in workers] == [0, 0]
+            proc.signal(signal.SIGTERM)
+        codes = [await proc.wait() for proc in workers]
+    assert codes == [0, 0]
 
     rows = await pool.fetch("SELECT status, attempts, locked_by FROM ai_jobs")
     assert Counter(r["status"] for r in rows) == {"completed": 200}
@@ -181,8 +156,8 @@ async def test_two_worker_processes_run_each_of_200_jobs_exactly_once(
     assert scores == 200
 
     # Every log line of a job's work names the job.
-    for _, stderr in outputs:
-        lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
+    for proc in workers:
+        lines = proc.log_lines()
         job_lines = [line for line in lines if line["event"].startswith("job_")]
         assert job_lines
         assert all("job_id" in line and "job_type" in line for line in job_lines)

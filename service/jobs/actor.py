@@ -32,13 +32,18 @@ class RetryPolicy:
     def delay(self, attempt: int, requested: float | None) -> float:
         """Seconds to wait before the next attempt.
 
-        The server's retry-after wins when it gives one; otherwise exponential backoff with
-        full jitter over the upper half, so that retries of many jobs spread out.
+        The server's retry-after wins when it gives one, even past `max_s`: retrying sooner
+        only earns another refusal. Otherwise exponential backoff with jitter over the upper
+        half, so that retries of many jobs spread out.
         """
         if requested is not None:
-            return min(max(requested, 0.0), self.max_s)
+            return min(max(requested, 0.0), MAX_RETRY_AFTER_S)
         ceiling = min(self.max_s, self.base_s * (2 ** max(attempt - 1, 0)))
         return random.uniform(ceiling / 2, ceiling)
+
+
+# A retry-after longer than this is taken as a mistake rather than honoured.
+MAX_RETRY_AFTER_S = 3600.0
 
 
 class StopReason:
