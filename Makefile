@@ -28,7 +28,7 @@ format: $(STAMP)
 	$(BIN)/ruff format service tests bench
 
 chaos: $(STAMP)
-	$(BIN)/pytest -q -m chaos -p no:cacheprovider
+	$(BIN)/pytest -q -s -m chaos -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .aijobs .mypy_cache .ruff_cache

@@ -146,7 +146,10 @@ async def serve(
     stop = stop_on_signals()
     async with database(settings) as dsn:
         await run_migrations(dsn)
-        pool = await create_pool(dsn, settings.pool_min_size, settings.pool_max_size)
+        role = "serve" if api and worker else "api" if api else "worker"
+        pool = await create_pool(
+            dsn, settings.pool_min_size, settings.pool_max_size, f"aijobs-{role}"
+        )
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if worker:

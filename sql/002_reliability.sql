@@ -39,3 +39,8 @@ BEGIN
     RETURN NEXT cancelled;
   END IF;
 END $$;
+
+-- Among jobs due at the same moment, one that already had an attempt (recovered from a
+-- dead worker, or retried) goes first: it has waited longest.
+DROP INDEX ai_jobs_pending_idx;
+CREATE INDEX ai_jobs_pending_idx ON ai_jobs (run_after, attempts DESC) WHERE status = 'pending';

@@ -27,20 +27,34 @@ async def init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
-async def create_pool(dsn: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+# Our queries are short: past these, the database is taken to be away, and a request
+# answers 503 rather than hang.
+CONNECT_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 30.0
+
+
+async def create_pool(
+    dsn: str, min_size: int = 2, max_size: int = 10, application_name: str = "aijobs"
+) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
-        command_timeout=60,
+        timeout=CONNECT_TIMEOUT_S,
+        command_timeout=COMMAND_TIMEOUT_S,
+        server_settings={"application_name": application_name},
     )
     assert pool is not None
     return pool
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
+async def connect(dsn: str, application_name: str = "aijobs") -> asyncpg.Connection:
     """A single connection outside any pool (LISTEN, migrations)."""
-    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    conn: asyncpg.Connection = await asyncpg.connect(
+        dsn,
+        timeout=CONNECT_TIMEOUT_S,
+        server_settings={"application_name": application_name},
+    )
     await init_connection(conn)
     return conn

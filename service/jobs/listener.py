@@ -84,7 +84,7 @@ class Listener:
 
     async def _connect(self) -> None:
         self._lost.clear()
-        conn = await asyncio.wait_for(connect(self._dsn), timeout=10)
+        conn = await asyncio.wait_for(connect(self._dsn, "aijobs-listener"), timeout=10)
         conn.add_termination_listener(lambda _c: self._lost.set())
         for channel in self._channels:
             await conn.add_listener(channel, self._dispatch)

@@ -38,7 +38,7 @@ LIMIT $5;
 WITH due AS (
   SELECT id FROM ai_jobs
   WHERE status = 'pending' AND run_after <= now()
-  ORDER BY run_after
+  ORDER BY run_after, attempts DESC
   LIMIT $1
   FOR UPDATE SKIP LOCKED
 )
@@ -96,11 +96,12 @@ WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
 RETURNING *;
 
 -- name: release_job
--- Hand a job back untouched (graceful shutdown): the attempt is not counted.
+-- Hand a job back untouched (graceful shutdown): the attempt is not counted. run_after is
+-- left as it was, so the job is first in line again rather than behind the backlog.
 UPDATE ai_jobs
 SET status = 'pending',
     attempts = attempts - 1,
-    run_after = now(),
+    progress_message = 'Worker stopped; queued to run again',
     locked_by = NULL,
     locked_until = NULL
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
@@ -113,7 +114,8 @@ RETURNING id;
 
 -- name: reap_expired
 -- Jobs whose worker stopped renewing its lease: back to pending, or failed when out of
--- attempts. The attempt the dead worker used stays counted.
+-- attempts. The attempt the dead worker used stays counted. run_after is left as it was, so
+-- a recovered job goes to the front of the queue.
 WITH expired AS (
   SELECT id FROM ai_jobs
   WHERE status = 'processing' AND locked_until < now()
@@ -131,7 +133,6 @@ SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending'
       ELSE 'Worker lost; queued to run again (attempt ' || j.attempts || ' of '
            || j.max_attempts || ' used)' END,
     finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() ELSE NULL END,
-    run_after = now(),
     locked_by = NULL,
     locked_until = NULL
 FROM expired
