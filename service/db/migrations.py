@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
+from service.db.pool import Connection
 from service.logs import get_logger
 
 log = get_logger(__name__)
@@ -100,7 +101,7 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
     return applied_now
 
 
-async def pending_migrations(conn: asyncpg.Connection, directory: Path | None = None) -> list[int]:
+async def pending_migrations(conn: Connection, directory: Path | None = None) -> list[int]:
     """Versions present in sql/ but not applied to this database."""
     migrations = load_migrations(directory)
     exists = await conn.fetchval("SELECT to_regclass('aijobs_migrations') IS NOT NULL")

@@ -79,19 +79,6 @@ SELECT $1, m.control_id, m.confidence, m.rationale, $5
 FROM unnest($2::bigint[], $3::int[], $4::text[]) AS m (control_id, confidence, rationale)
 JOIN controls c ON c.id = m.control_id;
 
--- name: check_mapping_for_dispatch
-SELECT m.id, m.document_id, length(btrim(d.content)) > 0 AS has_content
-FROM requirement_mappings m JOIN documents d ON d.id = m.document_id
-WHERE m.id = $1;
-
--- name: check_requirement_for_dispatch
-SELECT id FROM requirements WHERE id = $1;
-
--- name: check_document_for_dispatch
-SELECT d.id, length(btrim(d.content)) > 0 AS has_content,
-       EXISTS (SELECT 1 FROM controls) AS has_controls
-FROM documents d WHERE d.id = $1;
-
 -- name: find_requirement_by_code
 SELECT * FROM requirements WHERE code = $1 ORDER BY id LIMIT 1;
 

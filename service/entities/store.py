@@ -106,17 +106,6 @@ class EntityStore:
     async def existing_control_codes(self, codes: Sequence[str]) -> set[str]:
         return {r["code"] for r in await self.pool.fetch(Q.existing_control_codes, list(codes))}
 
-    async def mapping_dispatch_facts(self, mapping_id: int) -> Row | None:
-        """id, document_id and has_content of a mapping, without reading the document."""
-        return await self._maybe(Q.check_mapping_for_dispatch, mapping_id)
-
-    async def requirement_exists(self, requirement_id: int) -> bool:
-        return await self._maybe(Q.check_requirement_for_dispatch, requirement_id) is not None
-
-    async def document_dispatch_facts(self, document_id: int) -> Row | None:
-        """id, has_content and has_controls (the catalogue is not empty) of a document."""
-        return await self._maybe(Q.check_document_for_dispatch, document_id)
-
     async def document_controls(self, document_id: int) -> list[Row]:
         return [dict(r) for r in await self.pool.fetch(Q.document_controls, document_id)]
 

@@ -14,6 +14,7 @@ from service.jobs.model import Job, PermanentFailure, RetryLater
 from service.jobs.registry import Registry
 from service.jobs.store import JobStore, LeaseLost
 from service.logs import get_logger
+from service.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -58,13 +59,40 @@ async def run_actor(
     registry: Registry,
     retry_policy: RetryPolicy,
     stop_reasons: dict[object, str],
+    metrics: Metrics,
 ) -> None:
     """Run `job` and write its outcome. Never raises, except CancelledError."""
+    outcome = await _run(job, store, registry, retry_policy, stop_reasons)
+    kind = job.job_type
+    metrics.job_duration.labels(kind).observe(time.monotonic() - outcome.started)
+    counter = {
+        "completed": metrics.jobs_completed,
+        "failed": metrics.jobs_failed,
+        "retried": metrics.jobs_retried,
+    }.get(outcome.name)
+    if counter is not None:
+        counter.labels(kind).inc()
+
+
+@dataclass
+class _Outcome:
+    started: float
+    name: str = "none"
+
+
+async def _run(
+    job: Job,
+    store: JobStore,
+    registry: Registry,
+    retry_policy: RetryPolicy,
+    stop_reasons: dict[object, str],
+) -> _Outcome:
     structlog.contextvars.bind_contextvars(
         job_id=str(job.id), job_type=job.job_type, attempt=job.attempts
     )
     job_log = log.bind()
     started = time.monotonic()
+    outcome = _Outcome(started)
     job_log.info("job_started", entity_id=job.entity_id, max_attempts=job.max_attempts)
     job_type = registry.get(job.job_type)
     timeout_s = job_type.timeout_s if job_type else None
@@ -79,13 +107,14 @@ async def run_actor(
             raise RetryLater(
                 f"The job did not finish within its {timeout_s:.0f} s time limit", kind="timeout"
             ) from None
-        done = await store.complete(job, completion.result, completion.message, completion.apply)
+        await store.complete(job, completion.result, completion.message, completion.apply)
         job_log.info("job_completed", duration_s=round(time.monotonic() - started, 3))
-        del done
+        outcome.name = "completed"
     except RetryLater as exc:
-        await _retry_or_fail(job, store, retry_policy, exc, job_log)
+        outcome.name = await _retry_or_fail(job, store, retry_policy, exc, job_log)
     except PermanentFailure as exc:
         await _fail(job, store, exc.reason, job_log)
+        outcome.name = "failed"
     except LeaseLost:
         job_log.warning("job_lease_lost")
     except asyncio.CancelledError:
@@ -107,8 +136,10 @@ async def run_actor(
             f"Internal error while running the job: {type(exc).__name__}: {exc}",
             job_log,
         )
+        outcome.name = "failed"
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "job_type", "attempt")
+    return outcome
 
 
 async def _retry_or_fail(
@@ -117,7 +148,7 @@ async def _retry_or_fail(
     policy: RetryPolicy,
     exc: RetryLater,
     job_log: structlog.typing.FilteringBoundLogger,
-) -> None:
+) -> str:
     if job.attempts >= job.max_attempts:
         await _fail(
             job,
@@ -125,7 +156,7 @@ async def _retry_or_fail(
             f"{exc.reason} (gave up after {job.attempts} of {job.max_attempts} attempts)",
             job_log,
         )
-        return
+        return "failed"
     delay = policy.delay(job.attempts, exc.delay)
     label = _RETRY_LABELS.get(exc.kind, "Temporary failure")
     message = (
@@ -139,6 +170,7 @@ async def _retry_or_fail(
     except Exception as err:
         # The lease runs out and the reaper returns the job; nothing is lost.
         job_log.warning("job_outcome_not_recorded", error=str(err))
+    return "retried"
 
 
 async def _fail(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+import asyncpg
+
 from service.jobs.periodic import Periodic
-from service.jobs.store import JobStore
+from service.jobs.store import JobStore, WorkerInfo
 from service.logs import get_logger
 
 log = get_logger(__name__)
@@ -47,6 +49,35 @@ class Heartbeat(Periodic):
                 self._on_lost(job_id)
 
 
+class Registration(Periodic):
+    """Keeps this worker's row in ai_worker_registry: there while it lives, gone when it
+    stops cleanly. A killed worker's row goes stale and the reaper removes it."""
+
+    name = "registration"
+
+    def __init__(self, store: JobStore, info: WorkerInfo, interval_s: float) -> None:
+        super().__init__(interval_s)
+        self._store = store
+        self._info = info
+
+    async def start(self) -> None:
+        try:
+            await self._store.register_worker(self._info)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("worker_registration_failed", error=str(exc))
+        await super().start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        try:
+            await self._store.deregister_worker(self._info.id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("worker_deregistration_failed", error=str(exc))
+
+    async def tick(self) -> None:
+        await self._store.register_worker(self._info)
+
+
 class Reaper(Periodic):
     """Returns jobs whose lease expired to pending, or fails them when out of attempts.
 
@@ -55,12 +86,22 @@ class Reaper(Periodic):
 
     name = "reaper"
 
-    def __init__(self, store: JobStore, interval_s: float, on_requeued: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        interval_s: float,
+        on_requeued: Callable[[], None],
+        stale_worker_s: float = 600.0,
+    ) -> None:
         super().__init__(interval_s)
         self._store = store
         self._on_requeued = on_requeued
+        self._stale_worker_s = stale_worker_s
 
     async def tick(self) -> None:
+        removed = await self._store.remove_stale_workers(self._stale_worker_s)
+        if removed:
+            log.info("stale_workers_removed", count=removed)
         reaped = await self._store.reap_expired()
         for job_id, status in reaped:
             log.warning("job_lease_expired", job_id=str(job_id), new_status=status)

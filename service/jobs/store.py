@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
@@ -13,6 +14,17 @@ from service.jobs.model import ApplyEffect, Job
 Q = Queries("service.jobs", "queries.sql")
 
 REAPER_LOCK_ID = 0x61696A6F6272  # advisory lock held while one worker reaps leases
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """What a worker tells about itself in ai_worker_registry."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int
+    job_types: tuple[str, ...]
 
 
 class LeaseLost(Exception):
@@ -162,6 +174,24 @@ class JobStore:
         """Renew the leases of our running jobs; returns the ids still ours."""
         rows = await self.pool.fetch(Q.extend_leases, worker_id, list(job_ids), lease_s)
         return {r["id"] for r in rows}
+
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        """Insert (or, after a cut, re-insert) the worker's row and renew its heartbeat."""
+        await self.pool.execute(
+            Q.worker_heartbeat,
+            worker.id,
+            worker.host,
+            worker.pid,
+            worker.concurrency,
+            list(worker.job_types),
+        )
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self.pool.execute(Q.deregister_worker, worker_id)
+
+    async def remove_stale_workers(self, stale_after_s: float) -> int:
+        status = await self.pool.execute(Q.remove_stale_workers, stale_after_s)
+        return int(status.split()[-1])
 
     async def reap_expired(self, batch: int = 500) -> list[tuple[uuid.UUID, str]]:
         """Return jobs with expired leases to pending (or fail them), one reaper at a time."""

@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from service.jobs.actor import RetryPolicy, StopReason, run_actor
-from service.jobs.leases import Heartbeat, Reaper
+from service.jobs.leases import Heartbeat, Reaper, Registration
 from service.jobs.listener import Listener
 from service.jobs.model import Job
 from service.jobs.registry import Registry
-from service.jobs.store import JobStore
+from service.jobs.retention import Pruner
+from service.jobs.store import JobStore, WorkerInfo
 from service.logs import get_logger
+from service.metrics import Metrics
 
 log = get_logger(__name__)
 
@@ -34,6 +36,8 @@ class WorkerOptions:
     heartbeat_s: float = 15.0
     reap_interval_s: float = 5.0
     shutdown_grace_s: float = 30.0
+    retention_s: float | None = None
+    prune_interval_s: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -55,8 +59,19 @@ class Worker:
         registry: Registry,
         options: WorkerOptions,
         worker_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.worker_id = worker_id or new_worker_id()
+        self.http_port: int | None = None
+        self.metrics = metrics or Metrics()
+        self.metrics.gauge_from(
+            "aijobs_jobs_in_flight", "Jobs this worker runs now", lambda: len(self._actors)
+        )
+        self.metrics.counter_from(
+            "aijobs_listener_reconnects",
+            "Reconnects of this worker's LISTEN connection",
+            lambda: self.listener.reconnects,
+        )
         self.options = options
         self._store = store
         self._registry = registry
@@ -81,6 +96,22 @@ class Worker:
             on_lost=self._on_lease_lost,
         )
         self._reaper = Reaper(store, options.reap_interval_s, on_requeued=self.wake)
+        self._pruner = (
+            Pruner(store, options.retention_s, options.prune_interval_s)
+            if options.retention_s is not None
+            else None
+        )
+        self._registration = Registration(
+            store,
+            WorkerInfo(
+                self.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                options.concurrency,
+                tuple(sorted(registry)),
+            ),
+            options.heartbeat_s,
+        )
 
     @property
     def running_jobs(self) -> list[uuid.UUID]:
@@ -92,9 +123,12 @@ class Worker:
 
     async def start(self) -> None:
         self._stopping.clear()
+        await self._registration.start()
         await self.listener.start()
         await self._heartbeat.start()
         await self._reaper.start()
+        if self._pruner is not None:
+            await self._pruner.start()
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatcher")
         log.info(
             "worker_started",
@@ -121,9 +155,12 @@ class Worker:
                 task.cancel()
             if still_running:
                 await asyncio.wait(still_running)
+        if self._pruner is not None:
+            await self._pruner.stop()
         await self._reaper.stop()
         await self._heartbeat.stop()
         await self.listener.stop()
+        await self._registration.stop()
         log.info("worker_stopped", worker_id=self.worker_id)
 
     # -- wake-ups -----------------------------------------------------------------------
@@ -178,8 +215,19 @@ class Worker:
                 await self._wakeup.wait()
 
     def _spawn(self, job: Job) -> None:
+        self.metrics.jobs_started.labels(job.job_type).inc()
+        if job.started_at is not None:
+            waited = (job.started_at - job.run_after).total_seconds()
+            self.metrics.queue_wait.labels(job.job_type).observe(max(waited, 0.0))
         task = asyncio.create_task(
-            run_actor(job, self._store, self._registry, self.options.retry, self._stop_reasons),
+            run_actor(
+                job,
+                self._store,
+                self._registry,
+                self.options.retry,
+                self._stop_reasons,
+                self.metrics,
+            ),
             name=f"actor:{job.id}",
         )
         self._actors[job.id] = task

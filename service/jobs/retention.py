@@ -1,0 +1,48 @@
+"""Retention: finished jobs (and their events) past a configurable age are deleted."""
+
+from __future__ import annotations
+
+from service.db.queries import Queries
+from service.jobs.periodic import Periodic
+from service.jobs.store import JobStore
+from service.logs import get_logger
+
+log = get_logger(__name__)
+Q = Queries("service.jobs", "queries.sql")
+
+PRUNE_LOCK_ID = 0x61696A6F6270  # one pruner at a time across all workers
+BATCH = 1000
+
+
+class Pruner(Periodic):
+    """Deletes finished jobs older than `retention_s`, a batch per transaction, so that no
+    statement holds many row locks for long; one worker at a time does it."""
+
+    name = "pruner"
+
+    def __init__(self, store: JobStore, retention_s: float, interval_s: float) -> None:
+        super().__init__(interval_s)
+        self._store = store
+        self._retention_s = retention_s
+
+    async def tick(self) -> None:
+        await self.prune()
+
+    async def prune(self) -> int:
+        """Delete what is old now; returns how many jobs were deleted (0 if another worker
+        holds the lock)."""
+        total = 0
+        async with self._store.pool.acquire() as conn:
+            if not await conn.fetchval(Q.try_prune_lock, PRUNE_LOCK_ID):
+                return 0
+            try:
+                while True:
+                    deleted: int = await conn.fetchval(Q.prune_finished, self._retention_s, BATCH)
+                    total += deleted
+                    if deleted < BATCH:
+                        break
+            finally:
+                await conn.fetchval(Q.prune_unlock, PRUNE_LOCK_ID)
+        if total:
+            log.info("jobs_pruned", count=total, retention_s=self._retention_s)
+        return total

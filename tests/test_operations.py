@@ -1,0 +1,316 @@
+"""Operating aijobs: the psql interface, worker registry, metrics, health, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from service.db.embedded import _bin_dir
+from service.entities.store import EntityStore
+from service.jobs.retention import Pruner
+from service.jobs.store import JobStore
+from service.runtime import running_worker
+from tests.conftest import DOCUMENT, make_settings, seed_controls, wait_for_job, wait_until
+from tests.fake_anthropic import FakeAnthropic
+from tests.tcp_proxy import TcpProxy
+from tests.test_api_jobs import make_mapping
+
+
+def psql_binary() -> str:
+    return shutil.which("psql") or str(_bin_dir() / "psql")
+
+
+async def psql(dsn: str, sql: str) -> tuple[int, str, str]:
+    """Run `sql` through a real psql process; returns (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        psql_binary(),
+        dsn,
+        "-X",
+        "-q",
+        "-A",
+        "-t",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode().strip(), err.decode().strip()
+
+
+async def insert_job(pool: asyncpg.Pool, job_type: str, status: str, **values: Any) -> uuid.UUID:
+    columns = {"job_type": job_type, "entity_id": values.pop("entity_id", 1), "status": status}
+    if status == "processing":
+        columns.update(locked_by="w1", locked_until=values.pop("locked_until", None))
+    columns.update(values)
+    names = ", ".join(columns)
+    params = ", ".join(f"${i}" for i in range(1, len(columns) + 1))
+    job_id: uuid.UUID = await pool.fetchval(
+        f"INSERT INTO ai_jobs ({names}) VALUES ({params}) RETURNING id", *columns.values()
+    )
+    return job_id
+
+
+async def test_views_on_a_known_set_of_jobs(pool: asyncpg.Pool) -> None:
+    now = await pool.fetchval("SELECT now()")
+    from datetime import timedelta
+
+    await insert_job(pool, "ai-match", "pending", entity_id=1, run_after=now - timedelta(minutes=5))
+    await insert_job(pool, "ai-match", "pending", entity_id=2)
+    await insert_job(
+        pool,
+        "ai-match",
+        "processing",
+        entity_id=3,
+        locked_until=now + timedelta(seconds=30),
+        started_at=now - timedelta(seconds=10),
+        progress_message="Analyzing",
+        attempts=1,
+    )
+    await insert_job(pool, "ai-coverage", "completed", entity_id=4, finished_at=now)
+    await insert_job(
+        pool,
+        "ai-coverage",
+        "failed",
+        entity_id=5,
+        finished_at=now - timedelta(minutes=10),
+        error_message="boom",
+        attempts=3,
+    )
+    await insert_job(
+        pool,
+        "ai-coverage",
+        "failed",
+        entity_id=6,
+        finished_at=now - timedelta(hours=3),
+        error_message="old boom",
+        attempts=5,
+    )
+    rows = {r["job_type"]: r for r in await pool.fetch("SELECT * FROM ai_jobs_overview")}
+    assert set(rows) == {"ai-match", "ai-coverage", "ai-map-controls"}
+    match = rows["ai-match"]
+    assert (match["pending"], match["processing"], match["completed"], match["failed"]) == (
+        2,
+        1,
+        0,
+        0,
+    )
+    assert match["running_now"] == 1
+    assert match["oldest_pending_age"] >= timedelta(minutes=5)
+    coverage = rows["ai-coverage"]
+    assert (coverage["completed"], coverage["failed"], coverage["failed_last_hour"]) == (1, 2, 1)
+    assert coverage["oldest_pending_age"] is None
+    assert rows["ai-map-controls"]["pending"] == 0
+
+    running = await pool.fetch("SELECT * FROM ai_jobs_running")
+    assert len(running) == 1
+    assert running[0]["worker"] == "w1" and running[0]["entity_id"] == 3
+    assert timedelta(seconds=20) < running[0]["lease_left"] <= timedelta(seconds=30)
+    assert running[0]["progress_message"] == "Analyzing"
+
+    failures = await pool.fetch("SELECT * FROM ai_jobs_failures")
+    assert [(f["error_message"], f["attempts"]) for f in failures] == [("boom", 3), ("old boom", 5)]
+
+
+async def test_enqueue_from_psql_runs_like_a_dispatch(
+    dsn: str, pool: asyncpg.Pool, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    mapping = await make_mapping(entities)
+    empty = await entities.create_document("Empty", "")
+    code, out, err = await psql(dsn, "SELECT id FROM ai_jobs_enqueue('ai-match', 999)")
+    assert code != 0 and "Mapping 999 not found" in err
+    code, out, err = await psql(
+        dsn, f"SELECT id FROM ai_jobs_enqueue('ai-map-controls', {empty['id']})"
+    )
+    assert code != 0 and "has no content" in err
+    code, out, err = await psql(dsn, "SELECT id FROM ai_jobs_enqueue('ai-nothing', 1)")
+    assert code != 0 and "Unknown job type" in err
+    code, out, err = await psql(
+        dsn, f"SELECT id FROM ai_jobs_enqueue('ai-map-controls', {mapping['document_id']})"
+    )
+    assert code != 0 and "catalogue is empty" in err
+    assert await pool.fetchval("SELECT count(*) FROM ai_jobs") == 0
+
+    settings = make_settings(dsn, fake.url, poll_interval_s=60)
+    async with running_worker(settings, dsn, pool) as worker:
+        await asyncio.wait_for(worker.listener.connected.wait(), 10)
+        code, out, err = await psql(
+            dsn, f"SELECT id FROM ai_jobs_enqueue('ai-match', {mapping['id']})"
+        )
+        assert code == 0, err
+        # Woken by the NOTIFY of the insert: the poll is a minute away.
+        done = await wait_for_job(jobs, out, within=15)
+    assert done.status == "completed"
+    row = await entities.get_mapping(mapping["id"])
+    assert row is not None and row["ai_match_score"] is not None
+
+
+async def test_identical_enqueues_from_psql_return_one_job(dsn: str, entities: EntityStore) -> None:
+    mapping = await make_mapping(entities)
+    sql = f"SELECT id FROM ai_jobs_enqueue('ai-match', {mapping['id']})"
+    results = await asyncio.gather(*(psql(dsn, sql) for _ in range(5)))
+    assert {code for code, _, _ in results} == {0}
+    assert len({out for _, out, _ in results}) == 1
+
+
+async def test_retry_and_cancel_from_psql(
+    dsn: str, pool: asyncpg.Pool, entities: EntityStore
+) -> None:
+    mapping = await make_mapping(entities)
+    failed = await insert_job(
+        pool,
+        "ai-match",
+        "failed",
+        entity_id=mapping["id"],
+        error_message="boom",
+        attempts=5,
+        finished_at=await pool.fetchval("SELECT now()"),
+    )
+    code, out, err = await psql(dsn, f"SELECT status, attempts FROM ai_jobs_retry('{failed}')")
+    assert (code, out) == (0, "pending|0"), err
+    code, out, err = await psql(dsn, f"SELECT status FROM ai_jobs_retry('{failed}')")
+    assert code != 0 and "has not failed" in err
+    code, out, err = await psql(dsn, f"SELECT id FROM ai_jobs_retry('{uuid.uuid4()}')")
+    assert code != 0 and "not found" in err
+
+    code, out, err = await psql(
+        dsn, f"SELECT status, error_message FROM ai_jobs_cancel('{failed}')"
+    )
+    assert (code, out) == (0, "failed|Cancelled"), err
+    code, out, err = await psql(dsn, f"SELECT count(*) FROM ai_jobs_cancel('{failed}')")
+    assert (code, out) == (0, "0")
+
+
+async def test_prune_removes_only_what_is_old(dsn: str, pool: asyncpg.Pool, jobs: JobStore) -> None:
+    from datetime import timedelta
+
+    now = await pool.fetchval("SELECT now()")
+    old_done = await insert_job(
+        pool, "ai-match", "completed", entity_id=1, finished_at=now - timedelta(days=40)
+    )
+    old_failed = await insert_job(
+        pool, "ai-match", "failed", entity_id=2, finished_at=now - timedelta(days=31)
+    )
+    recent = await insert_job(
+        pool, "ai-match", "completed", entity_id=3, finished_at=now - timedelta(days=2)
+    )
+    old_pending = await insert_job(
+        pool, "ai-match", "pending", entity_id=4, created_at=now - timedelta(days=90)
+    )
+    code, out, err = await psql(dsn, "SELECT ai_jobs_prune('30 days')")
+    assert (code, out) == (0, "2"), err
+    left = {r["id"] for r in await pool.fetch("SELECT id FROM ai_jobs")}
+    assert left == {recent, old_pending}
+    assert old_done not in left and old_failed not in left
+
+    # The workers' pruner does the same, a batch at a time.
+    for i in range(2500):
+        await insert_job(
+            pool,
+            "ai-coverage",
+            "completed",
+            entity_id=100 + i,
+            finished_at=now - timedelta(days=60),
+        )
+    assert await Pruner(jobs, 30 * 24 * 3600, 60).prune() == 2500
+    assert {r["id"] for r in await pool.fetch("SELECT id FROM ai_jobs")} == {recent, old_pending}
+
+
+async def test_workers_register_and_deregister(
+    dsn: str, pool: asyncpg.Pool, fake: FakeAnthropic
+) -> None:
+    await pool.execute(
+        "INSERT INTO ai_worker_registry (id, host, pid, concurrency, heartbeat_at)"
+        " VALUES ('dead', 'h', 1, 1, now() - interval '1 hour')"
+    )
+    settings = make_settings(dsn, fake.url, worker_http_port=0)
+    async with running_worker(settings, dsn, pool) as worker:
+        rows = await pool.fetch("SELECT * FROM ai_workers")
+        assert [(r["id"], r["concurrency"], r["in_flight"]) for r in rows] == [
+            (worker.worker_id, settings.concurrency, 0)
+        ]
+
+        async def dead_removed() -> bool:
+            return not await pool.fetchval(
+                "SELECT count(*) FROM ai_worker_registry WHERE id = 'dead'"
+            )
+
+        await wait_until(dead_removed, within=15)
+    assert await pool.fetchval("SELECT count(*) FROM ai_worker_registry") == 0
+
+
+async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as r:
+        return r.status, await r.text()
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_worker_metrics_and_health(
+    dsn: str, pool: asyncpg.Pool, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    doc = await entities.create_document("Policy", DOCUMENT)
+    await seed_controls(entities, 30)
+    mapping = await make_mapping(entities)
+    settings = make_settings(dsn, fake.url, worker_http_port=0)
+    async with running_worker(settings, dsn, pool) as worker:
+        assert worker.http_port
+        status, before = await scrape(worker.http_port)
+        assert status == 200
+        assert sample(before, "aijobs_jobs_completed_total", '{job_type="ai-match"}') == 0
+        first = await jobs.enqueue("ai-match", mapping["id"])
+        second = await jobs.enqueue("ai-map-controls", doc["id"])
+        await wait_for_job(jobs, first.id)
+        await wait_for_job(jobs, second.id)
+        _, after = await scrape(worker.http_port)
+        assert sample(after, "aijobs_jobs_started_total", '{job_type="ai-match"}') == 1
+        assert sample(after, "aijobs_jobs_completed_total", '{job_type="ai-match"}') == 1
+        assert sample(after, "aijobs_jobs_completed_total", '{job_type="ai-map-controls"}') == 1
+        assert sample(after, "aijobs_job_duration_seconds_count", '{job_type="ai-match"}') == 1
+        assert sample(after, "aijobs_job_queue_wait_seconds_count", '{job_type="ai-match"}') == 1
+        assert "aijobs_jobs_in_flight 0.0" in after
+        assert "aijobs_listener_reconnects_total 0.0" in after
+        assert await scrape(worker.http_port, "/healthz") == (200, '{"status":"ok"}')
+        assert await scrape(worker.http_port, "/readyz") == (200, '{"status":"ready"}')
+
+
+async def test_readyz_fails_while_the_database_is_unreachable(
+    dsn: str, fake: FakeAnthropic
+) -> None:
+    proxy = TcpProxy.for_dsn(dsn)
+    await proxy.start()
+    proxied = proxy.dsn(dsn)
+    from service.db.pool import create_pool
+
+    worker_pool = await create_pool(proxied, 1, 2)
+    try:
+        settings = make_settings(proxied, fake.url, worker_http_port=0)
+        async with running_worker(settings, proxied, worker_pool) as worker:
+            assert worker.http_port
+            assert (await scrape(worker.http_port, "/readyz"))[0] == 200
+            await proxy.cut()
+            status, body = await scrape(worker.http_port, "/readyz")
+            assert status == 503 and "database unreachable" in body
+            assert (await scrape(worker.http_port, "/healthz"))[0] == 200
+            await proxy.start()
+
+            async def ready() -> bool:
+                return (await scrape(worker.http_port or 0, "/readyz"))[0] == 200
+
+            await wait_until(ready, within=10, interval=0.1)
+    finally:
+        await worker_pool.close()
+        await proxy.stop()
