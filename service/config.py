@@ -79,6 +79,11 @@ class Settings:
     max_attempts_by_type: Mapping[str, int] = field(default_factory=dict)
     timeout_by_type: Mapping[str, float] = field(default_factory=dict)
     shutdown_grace_s: float = 30.0
+    # /metrics, /healthz and /readyz of a worker; None: not served; 0: any free port.
+    worker_http_port: int | None = 9464
+    # Finished jobs older than this are deleted by the workers; None: kept for ever.
+    retention_s: float | None = 30 * 24 * 3600.0
+    prune_interval_s: float = 600.0
     retry_base_s: float = 2.0
     retry_max_s: float = 300.0
     map_controls_batch_size: int = 25
@@ -86,6 +91,8 @@ class Settings:
     # HTTP API.
     host: str = "127.0.0.1"
     port: int = 8080
+    sse_heartbeat_s: float = 15.0
+    event_retention_s: float = 7 * 24 * 3600.0
 
     # Logs.
     log_level: str = "info"
@@ -138,6 +145,17 @@ class Settings:
                 if e.get(f"AIJOBS_TIMEOUT_{_env_suffix(t)}")
             },
             shutdown_grace_s=_float(e, "AIJOBS_SHUTDOWN_GRACE", defaults.shutdown_grace_s),
+            worker_http_port=(
+                None
+                if e.get("AIJOBS_WORKER_PORT", "").lower() == "off"
+                else _int(e, "AIJOBS_WORKER_PORT", 9464, 0)
+            ),
+            retention_s=(
+                None
+                if e.get("AIJOBS_RETENTION", "").lower() == "off"
+                else _float(e, "AIJOBS_RETENTION", 30 * 24 * 3600.0, 60.0)
+            ),
+            prune_interval_s=_float(e, "AIJOBS_PRUNE_INTERVAL", defaults.prune_interval_s, 1.0),
             retry_base_s=_float(e, "AIJOBS_RETRY_BASE", defaults.retry_base_s),
             retry_max_s=_float(e, "AIJOBS_RETRY_MAX", defaults.retry_max_s),
             map_controls_batch_size=_int(
@@ -145,6 +163,8 @@ class Settings:
             ),
             host=e.get("AIJOBS_HOST") or defaults.host,
             port=_int(e, "AIJOBS_PORT", defaults.port, 0),
+            sse_heartbeat_s=_float(e, "AIJOBS_SSE_HEARTBEAT", defaults.sse_heartbeat_s, 0.1),
+            event_retention_s=_float(e, "AIJOBS_EVENT_RETENTION", defaults.event_retention_s, 60.0),
             log_level=(e.get("AIJOBS_LOG_LEVEL") or defaults.log_level).lower(),
             log_format=log_format,
         )

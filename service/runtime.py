@@ -24,6 +24,7 @@ from service.jobs.actor import RetryPolicy
 from service.jobs.store import JobStore
 from service.jobs.worker import Worker, WorkerOptions
 from service.logs import get_logger
+from service.ops import ops_routes
 
 log = get_logger(__name__)
 
@@ -85,6 +86,8 @@ def worker_options(settings: Settings, concurrency: int | None = None) -> Worker
         heartbeat_s=settings.heartbeat_s,
         reap_interval_s=min(settings.lease_s / 2, 5.0),
         shutdown_grace_s=settings.shutdown_grace_s,
+        retention_s=settings.retention_s,
+        prune_interval_s=settings.prune_interval_s,
         retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
     )
 
@@ -111,10 +114,36 @@ async def running_worker(
             worker_options(settings, concurrency),
         )
         await worker.start()
+        http = await _serve_worker_ops(settings, pool, worker)
         try:
             yield worker
         finally:
+            if http is not None:
+                await http.cleanup()
             await worker.stop()
+
+
+async def _serve_worker_ops(
+    settings: Settings, pool: asyncpg.Pool, worker: Worker
+) -> web.AppRunner | None:
+    """/metrics, /healthz and /readyz of a worker, on a small port of its own."""
+    if settings.worker_http_port is None:
+        return None
+    app = web.Application()
+    app.add_routes(ops_routes(lambda: pool, worker.metrics))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.worker_http_port)
+    try:
+        await site.start()
+    except OSError as exc:
+        # Another worker on this host has the port: run on without it rather than fail.
+        log.warning("worker_http_unavailable", port=settings.worker_http_port, error=str(exc))
+        await runner.cleanup()
+        return None
+    worker.http_port = runner.addresses[0][1]
+    log.info("worker_http_started", url=f"http://{settings.host}:{worker.http_port}")
+    return runner
 
 
 @contextlib.asynccontextmanager

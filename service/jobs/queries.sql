@@ -141,3 +141,26 @@ RETURNING j.id, j.status;
 
 -- name: try_reaper_lock
 SELECT pg_try_advisory_xact_lock($1);
+
+-- name: worker_heartbeat
+-- Registers the worker too: a row removed while the worker was cut off comes back.
+INSERT INTO ai_worker_registry (id, host, pid, concurrency, job_types)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now();
+
+-- name: deregister_worker
+DELETE FROM ai_worker_registry WHERE id = $1;
+
+-- name: remove_stale_workers
+-- Workers that stopped renewing their row without removing it: killed, or cut off.
+DELETE FROM ai_worker_registry WHERE heartbeat_at < now() - make_interval(secs => $1);
+
+-- name: try_prune_lock
+SELECT pg_try_advisory_lock($1);
+
+-- name: prune_unlock
+SELECT pg_advisory_unlock($1);
+
+-- name: prune_finished
+-- One batch, one short transaction: see ai_jobs_prune in sql/.
+SELECT ai_jobs_prune(make_interval(secs => $1), $2);
