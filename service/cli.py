@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from service import watch
 from service.config import ConfigError, Settings
 from service.logs import configure_logging
 
@@ -40,6 +41,23 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     demo.add_argument(
         "--exit", action="store_true", help="exit once the demo jobs finish instead of serving"
     )
+
+    # 0.0.0.0 and :: are where a server listens, not where a client connects.
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    default_url = f"http://{host}:{settings.port}"
+
+    follow = sub.add_parser(
+        "watch", help="follow a job's progress until it finishes (exit 0 completed, 1 failed)"
+    )
+    follow.add_argument("job_id", metavar="JOB_ID")
+    follow.add_argument("--url", default=default_url, help=f"the API (default {default_url})")
+    dispatch = sub.add_parser("dispatch", help="start an analysis through the API")
+    dispatch.add_argument("job_type", metavar="TYPE", choices=sorted(watch.DISPATCH_PATHS))
+    dispatch.add_argument("entity_id", metavar="ENTITY_ID", type=int)
+    dispatch.add_argument("--url", default=default_url, help=f"the API (default {default_url})")
+    dispatch.add_argument(
+        "--watch", action="store_true", help="then follow the job as `aijobs watch` does"
+    )
     return parser
 
 
@@ -50,6 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aijobs: {exc}", file=sys.stderr)
         return 2
     args = _parser(settings).parse_args(argv)
+    if args.command in ("watch", "dispatch"):
+        try:
+            if args.command == "watch":
+                return asyncio.run(watch.watch(args.url, args.job_id))
+            return asyncio.run(
+                watch.dispatch(args.url, args.job_type, args.entity_id, then_watch=args.watch)
+            )
+        except KeyboardInterrupt:
+            # Only the watching stops: the job goes on.
+            print(file=sys.stderr)
+            return 130
     if args.command == "demo":
         from service import demo
 

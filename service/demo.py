@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -15,9 +16,9 @@ from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import EntityStore
 from service.sample import load_sample
+from service.watch import follow_job, progress_line
 
 DEMO_OFFLINE_DELAY_S = 0.8
-FINISHED = ("completed", "failed")
 
 
 def _say(line: str = "") -> None:
@@ -61,7 +62,9 @@ async def run(settings: Settings, host: str, port: int, *, serve_after: bool) ->
                 _say(f"  curl {base}/api/ai-jobs?limit=5")
                 document_id = ids.documents["access-control-policy"]
                 _say(f"  curl -X POST {base}/api/documents/{document_id}/ai-map-controls")
-                _say(f"  curl {base}/api/ai-jobs/<jobId>      # poll a job")
+                _say(f"  curl {base}/api/ai-jobs/<jobId>              # poll a job")
+                _say(f"  curl -N {base}/api/ai-jobs/<jobId>/events    # follow it live")
+                _say(f"  aijobs watch <jobId> --url {base}")
                 if serve_after:
                     _say("Serving until Ctrl-C.")
                     await stop.wait()
@@ -90,38 +93,29 @@ async def _dispatch_and_watch(base: str, ids: Any) -> bool:
             elapsed_ms = (time.perf_counter() - started) * 1000
             _say(f"POST {path} -> {response.status} {body}  ({elapsed_ms:.1f} ms)")
             jobs[job_type] = body["jobId"]
-        _say()
-        seen: dict[str, tuple[Any, ...]] = {}
-        final: dict[str, dict[str, Any]] = {}
-        while len(final) < len(jobs):
-            for job_type, job_id in jobs.items():
-                if job_type in final:
-                    continue
-                async with http.get(f"/api/ai-jobs/{job_id}") as response:
-                    job = await response.json()
-                state = (job["status"], job["progressMessage"], str(job["progress"]))
-                if seen.get(job_type) != state:
-                    seen[job_type] = state
-                    _say(f"  {job_type:<16} {_progress_line(job)}")
-                if job["status"] in FINISHED:
-                    final[job_type] = job
-            await asyncio.sleep(0.1)
+    _say()
+
+    shown: dict[str, str] = {}
+
+    def show(job_type: str) -> Callable[[dict[str, Any]], None]:
+        def _show(job: dict[str, Any]) -> None:
+            line = progress_line(job)
+            if shown.get(job_type) != line:
+                shown[job_type] = line
+                _say(f"  {job_type:<16} {line}")
+
+        return _show
+
+    async with aiohttp.ClientSession() as session:
+        finals = await asyncio.gather(
+            *(follow_job(session, base, job_id, show(t)) for t, job_id in jobs.items())
+        )
+    final = dict(zip(jobs, finals, strict=True))
     _say()
     for job_type, job in final.items():
         _say(f"{job_type}: {job['status']}  {_pickup(job)}")
         _say(f"  {_result_line(job)}")
     return all(job["status"] == "completed" for job in final.values())
-
-
-def _progress_line(job: dict[str, Any]) -> str:
-    progress = job["progress"]
-    bar = ""
-    if progress and progress.get("total"):
-        width = 20
-        filled = round(width * (progress["current"] or 0) / progress["total"])
-        bar = f"[{'#' * filled}{'.' * (width - filled)}] {progress['current']}/{progress['total']} "
-    message = job["errorMessage"] if job["status"] == "failed" else job["progressMessage"]
-    return f"{job['status']:<10} {bar}{message or ''}"
 
 
 def _pickup(job: dict[str, Any]) -> str:

@@ -8,12 +8,13 @@ import asyncpg
 from aiohttp import web
 
 from service.ai.dispatch import Dispatcher
-from service.api import entities, jobs
+from service.api import entities, jobs, sse
 from service.api.errors import error_middleware
-from service.api.state import DISPATCHER, ENTITIES, JOBS, POOL, SETTINGS
+from service.api.state import DISPATCHER, ENTITIES, EVENT_HUB, JOBS, POOL, SETTINGS
 from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import EntityStore
+from service.jobs.events import EventHub, EventPruner, EventStore
 from service.jobs.store import JobStore
 
 # Documents may be up to 2 MB of text; JSON escaping can add to that.
@@ -31,12 +32,31 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
         app[POOL] = the_pool
         app[ENTITIES] = EntityStore(the_pool)
         app[JOBS] = JobStore(the_pool)
-        app[DISPATCHER] = Dispatcher(app[ENTITIES], app[JOBS], settings.max_attempts_for)
+        app[DISPATCHER] = Dispatcher(the_pool, settings.max_attempts_for)
         yield
         if owned:
             await the_pool.close()
 
+    async def live_events(app: web.Application) -> AsyncIterator[None]:
+        store = EventStore(app[POOL])
+        hub = EventHub(dsn, store, poll_interval_s=settings.poll_interval_s)
+        pruner = EventPruner(store, settings.event_retention_s)
+        app[EVENT_HUB] = hub
+        await hub.start()
+        await pruner.start()
+        yield
+        await pruner.stop()
+        await hub.stop()
+
+    async def end_streams(app: web.Application) -> None:
+        # on_shutdown runs before the server waits for running handlers: open event streams
+        # end here, or shutdown would wait for them until its timeout.
+        app[EVENT_HUB].drain()
+
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(live_events)
+    app.on_shutdown.append(end_streams)
     app.add_routes(entities.routes)
     app.add_routes(jobs.routes)
+    app.add_routes(sse.routes)
     return app

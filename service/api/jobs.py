@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from aiohttp import web
 
 from service.ai.dispatch import JOB_TYPES, EntityMissing, IdempotencyKeyReused, NotAnalysable
@@ -48,11 +50,22 @@ async def dispatch_map_controls(request: web.Request) -> web.Response:
 
 @routes.get("/api/ai-jobs/{jobId}")
 async def get_job(request: web.Request) -> web.Response:
+    """The job, with an ETag of its body: a poller's If-None-Match gets a 304 while nothing
+    changed, and a Retry-After while the job runs suggests how often to ask."""
     job_id = parse.path_uuid(request)
     job = await request.app[JOBS].get(job_id)
     if job is None:
         raise not_found(f"Job {job_id} not found")
-    return render.json_response(render.job_json(job))
+    response = render.json_response(render.job_json(job))
+    assert isinstance(response.body, bytes)
+    etag = hashlib.blake2b(response.body, digest_size=16).hexdigest()
+    if any(tag.value in ("*", etag) for tag in request.if_none_match or ()):
+        response = web.Response(status=304)
+    response.etag = etag
+    response.headers["Cache-Control"] = "no-cache"
+    if not job.finished:
+        response.headers["Retry-After"] = "1"
+    return response
 
 
 @routes.post("/api/ai-jobs/{jobId}/cancel")

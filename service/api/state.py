@@ -8,6 +8,7 @@ from aiohttp import web
 from service.ai.dispatch import Dispatcher
 from service.config import Settings
 from service.entities.store import EntityStore
+from service.jobs.events import EventHub
 from service.jobs.store import JobStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -15,3 +16,4 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 ENTITIES = web.AppKey("entities", EntityStore)
 JOBS = web.AppKey("jobs", JobStore)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+EVENT_HUB = web.AppKey("event_hub", EventHub)

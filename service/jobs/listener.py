@@ -85,9 +85,14 @@ class Listener:
     async def _connect(self) -> None:
         self._lost.clear()
         conn = await asyncio.wait_for(connect(self._dsn, "aijobs-listener"), timeout=10)
-        conn.add_termination_listener(lambda _c: self._lost.set())
-        for channel in self._channels:
-            await conn.add_listener(channel, self._dispatch)
+        try:
+            conn.add_termination_listener(lambda _c: self._lost.set())
+            for channel in self._channels:
+                await conn.add_listener(channel, self._dispatch)
+        except BaseException:
+            # Stopped, or the connection failed, before it was ours to close later.
+            conn.terminate()
+            raise
         self._conn = conn
 
     def _dispatch(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
