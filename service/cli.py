@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from service import watch
-from service.config import ConfigError, Settings
+from service.config import JOB_TYPES, ConfigError, Settings
 from service.logs import configure_logging
 
 
@@ -58,7 +58,29 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     dispatch.add_argument(
         "--watch", action="store_true", help="then follow the job as `aijobs watch` does"
     )
+    stats = sub.add_parser("stats", help="the queue overview, live workers, Claude usage")
+    stats.add_argument("--days", type=int, default=7, help="days of usage to show (default 7)")
+    jobs = sub.add_parser("jobs", help="list recent jobs")
+    jobs.add_argument(
+        "--status", choices=("pending", "processing", "completed", "failed"), help="only these"
+    )
+    jobs.add_argument("--type", dest="job_type", choices=JOB_TYPES, help="only this job type")
+    jobs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
     return parser
+
+
+async def _report(settings: Settings, args: argparse.Namespace) -> str:
+    from service import runtime, stats
+    from service.db.pool import connect
+
+    async with runtime.database(settings) as dsn:
+        conn = await connect(dsn, "aijobs-cli")
+        try:
+            if args.command == "stats":
+                return await stats.stats_text(conn, args.days)
+            return await stats.jobs_text(conn, args.status, args.job_type, args.limit)
+        finally:
+            await conn.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Only the watching stops: the job goes on.
             print(file=sys.stderr)
             return 130
+    if args.command in ("stats", "jobs"):
+        configure_logging("warning", settings.log_format)
+        print(asyncio.run(_report(settings, args)))
+        return 0
     if args.command == "demo":
         from service import demo
 

@@ -314,3 +314,58 @@ async def test_readyz_fails_while_the_database_is_unreachable(
     finally:
         await worker_pool.close()
         await proxy.stop()
+
+
+async def test_api_metrics_health_and_readiness(client: Any, entities: EntityStore) -> None:
+    mapping = await make_mapping(entities)
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    before = await response.text()
+    assert sample(before, "aijobs_jobs_dispatched_total", '{job_type="ai-match"}') == 0
+    assert "aijobs_sse_subscribers 0.0" in before
+    for _ in range(3):  # one job: the repeats return it
+        assert (await client.post(f"/api/gap-analysis/ai-match/{mapping['id']}")).status == 202
+    after = await (await client.get("/metrics")).text()
+    assert sample(after, "aijobs_jobs_dispatched_total", '{job_type="ai-match"}') == 1
+    assert (await client.get("/healthz")).status == 200
+    ready = await client.get("/readyz")
+    assert (ready.status, await ready.json()) == (200, {"status": "ready"})
+
+
+async def run_cli(dsn: str, *args: str) -> tuple[int, str]:
+    import os
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        *args,
+        env={**os.environ, "DATABASE_URL": dsn},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_stats_and_jobs_commands(dsn: str, pool: asyncpg.Pool) -> None:
+    await insert_job(pool, "ai-match", "pending", entity_id=1)
+    await insert_job(
+        pool,
+        "ai-coverage",
+        "failed",
+        entity_id=2,
+        error_message="it broke",
+        finished_at=await pool.fetchval("SELECT now()"),
+    )
+    code, out = await run_cli(dsn, "stats")
+    assert code == 0, out
+    lines = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("ai-")}
+    assert lines["ai-match"][1:5] == ["1", "0", "0", "0"]
+    assert lines["ai-coverage"][1:5] == ["0", "0", "0", "1"]
+    code, out = await run_cli(dsn, "jobs", "--status", "failed")
+    assert code == 0, out
+    assert "it broke" in out and "ai-coverage" in out and "ai-match" not in out

@@ -43,8 +43,9 @@ class Dispatcher:
         entity_id: int,
         created_by: str | None = None,
         idempotency_key: str | None = None,
-    ) -> Job:
-        """The job for this analysis: a new one, or the live (or same-key) one already there.
+    ) -> tuple[Job, bool]:
+        """The job for this analysis, and whether it is new: a new one, or the live (or
+        same-key) one already there.
 
         Raises EntityMissing, NotAnalysable or IdempotencyKeyReused.
         """
@@ -70,4 +71,4 @@ class Dispatcher:
                 f"Idempotency-Key {idempotency_key!r} was used for a {job.job_type} job "
                 f"of entity {job.entity_id}"
             )
-        return job
+        return job, bool(row["created"])

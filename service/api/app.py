@@ -10,12 +10,14 @@ from aiohttp import web
 from service.ai.dispatch import Dispatcher
 from service.api import entities, jobs, sse
 from service.api.errors import error_middleware
-from service.api.state import DISPATCHER, ENTITIES, EVENT_HUB, JOBS, POOL, SETTINGS
+from service.api.state import DISPATCHER, ENTITIES, EVENT_HUB, JOBS, METRICS, POOL, SETTINGS
 from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import EntityStore
 from service.jobs.events import EventHub, EventPruner, EventStore
 from service.jobs.store import JobStore
+from service.metrics import Metrics
+from service.ops import ops_routes
 
 # Documents may be up to 2 MB of text; JSON escaping can add to that.
 CLIENT_MAX_SIZE = 3 * 1024 * 1024
@@ -25,6 +27,8 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
     """Build the API. With `pool`, use it (and leave closing it to the caller)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[SETTINGS] = settings
+    metrics = Metrics()
+    app[METRICS] = metrics
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         owned = pool is None
@@ -42,6 +46,14 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
         hub = EventHub(dsn, store, poll_interval_s=settings.poll_interval_s)
         pruner = EventPruner(store, settings.event_retention_s)
         app[EVENT_HUB] = hub
+        metrics.gauge_from(
+            "aijobs_sse_subscribers", "Open event streams", lambda: hub.subscriber_count
+        )
+        metrics.counter_from(
+            "aijobs_listener_reconnects",
+            "Reconnects of this process's LISTEN connection",
+            lambda: hub.listener.reconnects,
+        )
         await hub.start()
         await pruner.start()
         yield
@@ -59,4 +71,5 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
     app.add_routes(entities.routes)
     app.add_routes(jobs.routes)
     app.add_routes(sse.routes)
+    app.add_routes(ops_routes(lambda: app[POOL], metrics))
     return app

@@ -9,7 +9,7 @@ from aiohttp import web
 from service.ai.dispatch import JOB_TYPES, EntityMissing, IdempotencyKeyReused, NotAnalysable
 from service.api import parse, render
 from service.api.errors import ApiError, bad_request, not_found
-from service.api.state import DISPATCHER, JOBS
+from service.api.state import DISPATCHER, JOBS, METRICS
 
 routes = web.RouteTableDef()
 
@@ -20,13 +20,17 @@ async def _dispatch(request: web.Request, job_type: str, what: str) -> web.Respo
     entity_id = parse.path_id(request, what=what)
     key = parse.idempotency_key(request)
     try:
-        job = await request.app[DISPATCHER].dispatch(job_type, entity_id, idempotency_key=key)
+        job, created = await request.app[DISPATCHER].dispatch(
+            job_type, entity_id, idempotency_key=key
+        )
     except EntityMissing as exc:
         raise not_found(str(exc)) from None
     except NotAnalysable as exc:
         raise ApiError(422, "not_analysable", str(exc)) from None
     except IdempotencyKeyReused as exc:
         raise ApiError(422, "idempotency_key_reused", str(exc)) from None
+    if created:
+        request.app[METRICS].jobs_dispatched.labels(job_type).inc()
     location = f"/api/ai-jobs/{job.id}"
     return render.json_response(
         {"jobId": str(job.id), "status": job.status}, 202, {"Location": location}

@@ -10,6 +10,7 @@ from service.config import Settings
 from service.entities.store import EntityStore
 from service.jobs.events import EventHub
 from service.jobs.store import JobStore
+from service.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -17,3 +18,4 @@ ENTITIES = web.AppKey("entities", EntityStore)
 JOBS = web.AppKey("jobs", JobStore)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
+METRICS = web.AppKey("metrics", Metrics)
