@@ -369,3 +369,18 @@ async def test_stats_and_jobs_commands(dsn: str, pool: asyncpg.Pool) -> None:
     code, out = await run_cli(dsn, "jobs", "--status", "failed")
     assert code == 0, out
     assert "it broke" in out and "ai-coverage" in out and "ai-match" not in out
+
+
+async def test_readme_psql_section_runs_as_written(dsn: str, entities: EntityStore) -> None:
+    import re
+    from pathlib import Path
+
+    from service.sample import load_sample
+
+    await load_sample(entities)
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Operating it with psql") :]
+    sql = re.search(r"```sql\n(.*?)```", section, re.S)
+    assert sql is not None
+    code, out, err = await psql(dsn, sql.group(1))
+    assert code == 0, err
