@@ -1,86 +1,99 @@
 """Pickup latency: an idle worker, single dispatches spaced apart; time from the dispatch's
 commit (the INSERT returning to the client) to the processor starting.
 
-    python -m bench.pickup_latency [--jobs 200] [--gap-ms 20]
+    python -m bench.pickup_latency [--system aijobs|pgqueuer|floor] [--scale full|tiny]
+                                   [--jobs 200] [--gap-ms 20]
 
-Uses DATABASE_URL, or the machine's Postgres at 127.0.0.1:5432, in a scratch database.
+The worker is a process of its own (bench/worker_proc.py) and records when each processor
+started on CLOCK_MONOTONIC, which every process of the machine shares; this process enqueues,
+one job per transaction, and notes when each commit returned. Uses DATABASE_URL, or the
+machine's Postgres at 127.0.0.1:5432, in a scratch database.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import json
 import statistics
 import time
-import uuid
 from typing import Any
 
 import asyncpg
 
-from service.db.migrations import migrate
-from service.db.pool import connect, create_pool
-from service.jobs.model import Completion
-from service.jobs.registry import JobType
-from service.jobs.store import JobStore
-from service.jobs.worker import Worker, WorkerOptions
-from service.logs import configure_logging
-from tests.pg import DEFAULT_SERVER, with_database
+from bench import queues
+from bench.common import Child, admin_dsn, percentile, python, scratch_database
+from service.db.pool import connect
+
+FULL = {"jobs": 200, "gap_ms": 20.0}
+TINY = {"jobs": 20, "gap_ms": 5.0}
 
 
-async def measure(admin_dsn: str, jobs: int, gap_ms: float) -> dict[str, Any]:
-    name = f"aijobs_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = with_database(admin_dsn, name)
-    try:
-        conn = await connect(dsn)
-        await migrate(conn)
-        await conn.close()
-        pool = await create_pool(dsn, 2, 10)
-        store = JobStore(pool)
-        started: dict[uuid.UUID, float] = {}
-        done = asyncio.Event()
-
-        async def noop(ctx: Any) -> Completion:
-            started[ctx.job.id] = time.perf_counter()
-            if len(started) == jobs:
-                done.set()
-            return Completion(None)
-
-        worker = Worker(
-            dsn, store, {"ai-match": JobType("ai-match", noop)}, WorkerOptions(poll_interval_s=5)
+async def measure(
+    admin_dsn: str, jobs: int = 200, gap_ms: float = 20, system: str = "aijobs"
+) -> dict[str, Any]:
+    async with scratch_database(admin_dsn, aijobs_schema=system == "aijobs") as dsn:
+        await queues.install(system, dsn)
+        child = await Child.start(
+            [
+                python(),
+                "-m",
+                "bench.worker_proc",
+                system,
+                "--dsn",
+                dsn,
+                "--concurrency",
+                "10",
+                "--expect",
+                str(jobs),
+                "--record-starts",
+            ],
+            label=f"pickup-{system}",
         )
-        await worker.start()
-        await worker.listener.connected.wait()
-        committed: dict[uuid.UUID, float] = {}
-        for i in range(jobs):
-            job = await store.enqueue("ai-match", i + 1)
-            committed[job.id] = time.perf_counter()
-            await asyncio.sleep(gap_ms / 1000)
-        await asyncio.wait_for(done.wait(), 60)
-        await worker.stop()
-        await pool.close()
-        delays = sorted((started[j] - committed[j]) * 1000 for j in committed)
-        return {
-            "jobs": jobs,
-            "p50_ms": round(statistics.median(delays), 2),
-            "p99_ms": round(delays[int(len(delays) * 0.99) - 1], 2),
-            "max_ms": round(delays[-1], 2),
-        }
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        ok = False
+        try:
+            await child.expect("start", within=60)
+            # Let it settle into idleness: listener connected, first empty claim done.
+            await asyncio.sleep(1.0)
+            conn = await (asyncpg.connect(dsn) if system == "pgqueuer" else connect(dsn))
+            try:
+                enqueuer = queues.Enqueuer(system, conn)
+                committed: dict[str, float] = {}
+                for _ in range(jobs):
+                    job_id = await enqueuer.one()
+                    committed[job_id] = time.monotonic()
+                    await asyncio.sleep(gap_ms / 1000)
+            finally:
+                await conn.close()
+            await child.expect("ran", within=60)
+            child.terminate()
+            result = await child.expect("result", within=60)
+            ok = True
+        finally:
+            await child.stop(keep_log=not ok)
+    starts: dict[str, float] = result["starts"]
+    delays = [(starts[j] - committed[j]) * 1000 for j in committed]
+    return {
+        "system": system,
+        "jobs": jobs,
+        "gap_ms": gap_ms,
+        "p50_ms": round(statistics.median(delays), 2),
+        "p99_ms": round(percentile(delays, 0.99), 2),
+        "max_ms": round(max(delays), 2),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--gap-ms", type=float, default=20)
+    parser = argparse.ArgumentParser(prog="python -m bench.pickup_latency")
+    parser.add_argument("--system", choices=queues.SYSTEMS, default="aijobs")
+    parser.add_argument("--scale", choices=("full", "tiny"), default="full")
+    parser.add_argument("--jobs", type=int, default=0, help="overrides the scale")
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="overrides the scale")
     args = parser.parse_args()
-    configure_logging("warning", "console")
-    dsn = os.environ.get("DATABASE_URL") or DEFAULT_SERVER
-    print(asyncio.run(measure(dsn, args.jobs, args.gap_ms)))
+    preset = TINY if args.scale == "tiny" else FULL
+    jobs = args.jobs or int(preset["jobs"])
+    gap_ms = args.gap_ms or preset["gap_ms"]
+    print(json.dumps(asyncio.run(measure(admin_dsn(), jobs, gap_ms, args.system))))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from service.api.auth import mint_token
 from service.db.migrations import migrate
 from service.db.pool import connect
 from service.logs import configure_logging
@@ -62,6 +63,9 @@ def _raise_open_files_limit() -> None:
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return round(ordered[max(0, math.ceil(len(ordered) * fraction) - 1)], 2)
+
+
+BENCH_JWT_SECRET = "bench-secret-long-enough-for-hs256-signing"
 
 
 async def _stream(
@@ -194,14 +198,25 @@ async def measure(
         conn = await connect(dsn)
         await migrate(conn)
         port = _free_port()
-        env = {**os.environ, "DATABASE_URL": dsn, "AIJOBS_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "AIJOBS_LOG_LEVEL": "warning",
+            "AIJOBS_JWT_SECRET": BENCH_JWT_SECRET,
+            # Every subscriber here is the same user.
+            "AIJOBS_SSE_STREAMS_PER_USER": "0",
+        }
         api = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "service", "api", "--port", str(port), env=env
         )
         base = f"http://127.0.0.1:{port}"
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=None)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        token = mint_token(BENCH_JWT_SECRET, "bench", role="service_role")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=headers
+        ) as session:
             await _wait_until_answering(session, base)
             rss_before = _rss_mb(api.pid)
             alone = await _commit_to_event(session, base, conn, updates, gap_ms)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +25,12 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     def http_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default=settings.host, help="address to listen on")
         p.add_argument("--port", type=int, default=settings.port, help="port to listen on")
+        p.add_argument(
+            "--insecure-dev-auth",
+            action="store_true",
+            help="without AIJOBS_JWT_SECRET, accept requests with no token as a development "
+            "user who sees every job; never in production",
+        )
 
     def worker_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -46,15 +54,18 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     default_url = f"http://{host}:{settings.port}"
 
+    token_help = "bearer token for the API (default: $AIJOBS_TOKEN)"
     follow = sub.add_parser(
         "watch", help="follow a job's progress until it finishes (exit 0 completed, 1 failed)"
     )
     follow.add_argument("job_id", metavar="JOB_ID")
     follow.add_argument("--url", default=default_url, help=f"the API (default {default_url})")
+    follow.add_argument("--token", default=os.environ.get("AIJOBS_TOKEN"), help=token_help)
     dispatch = sub.add_parser("dispatch", help="start an analysis through the API")
     dispatch.add_argument("job_type", metavar="TYPE", choices=sorted(watch.DISPATCH_PATHS))
     dispatch.add_argument("entity_id", metavar="ENTITY_ID", type=int)
     dispatch.add_argument("--url", default=default_url, help=f"the API (default {default_url})")
+    dispatch.add_argument("--token", default=os.environ.get("AIJOBS_TOKEN"), help=token_help)
     dispatch.add_argument(
         "--watch", action="store_true", help="then follow the job as `aijobs watch` does"
     )
@@ -93,9 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("watch", "dispatch"):
         try:
             if args.command == "watch":
-                return asyncio.run(watch.watch(args.url, args.job_id))
+                return asyncio.run(watch.watch(args.url, args.job_id, token=args.token))
             return asyncio.run(
-                watch.dispatch(args.url, args.job_type, args.entity_id, then_watch=args.watch)
+                watch.dispatch(
+                    args.url,
+                    args.job_type,
+                    args.entity_id,
+                    then_watch=args.watch,
+                    token=args.token,
+                )
             )
         except KeyboardInterrupt:
             # Only the watching stops: the job goes on.
@@ -116,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     from service import runtime
 
+    if getattr(args, "insecure_dev_auth", False):
+        settings = dataclasses.replace(settings, insecure_dev_auth=True)
+
     if args.command == "migrate":
 
         async def _migrate() -> None:
@@ -127,6 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     run_api = args.command in ("api", "serve")
     run_worker = args.command in ("worker", "serve")
+    if run_api and settings.jwt_secret is None and not settings.insecure_dev_auth:
+        print(
+            "aijobs: AIJOBS_JWT_SECRET is not set, so the API cannot verify tokens. Set it "
+            "(the JWT secret of your Supabase project, or any long random string), or pass "
+            "--insecure-dev-auth to accept requests without a token for local development.",
+            file=sys.stderr,
+        )
+        return 2
     asyncio.run(
         runtime.serve(
             settings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,6 +12,10 @@ DEFAULT_MODEL = "claude-sonnet-5-5"
 JOB_TYPES = ("ai-match", "ai-coverage", "ai-map-controls")
 # Seconds an attempt of each job type may run before it is cancelled and retried.
 DEFAULT_TIMEOUTS = {"ai-match": 300.0, "ai-coverage": 600.0, "ai-map-controls": 1800.0}
+# Output tokens one model call of each job type may produce: a coverage answer lists gaps and
+# a score per document, a map-controls batch a rationale per mapped control.
+DEFAULT_MAX_TOKENS = {"ai-match": 2048, "ai-coverage": 4096, "ai-map-controls": 4096}
+PRICE_FIELDS = ("input", "output", "cache_write", "cache_read")
 
 
 def _env_suffix(job_type: str) -> str:
@@ -52,6 +57,61 @@ def _str(env: Mapping[str, str], name: str) -> str | None:
     return raw if raw else None
 
 
+def _optional_int(env: Mapping[str, str], name: str, minimum: int) -> int | None:
+    return _int(env, name, 0, minimum) if env.get(name) else None
+
+
+def _optional_float(env: Mapping[str, str], name: str, minimum: float) -> float | None:
+    return _float(env, name, 0.0, minimum) if env.get(name) else None
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float, maximum: float) -> float:
+    value = _float(env, name, default, 0.0)
+    if not 0.0 < value <= maximum:
+        raise ConfigError(f"{name} must be above 0 and at most {maximum}, got {value}")
+    return value
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").lower()
+    if not raw:
+        return default
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{name} must be on or off, got {raw!r}")
+
+
+def _by_type(env: Mapping[str, str], prefix: str) -> dict[str, str]:
+    return {
+        t: env[f"{prefix}_{_env_suffix(t)}"]
+        for t in JOB_TYPES
+        if env.get(f"{prefix}_{_env_suffix(t)}")
+    }
+
+
+def _prices(env: Mapping[str, str], name: str) -> dict[str, dict[str, float]]:
+    """`{"model or prefix": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}`"""
+    raw = env.get(name)
+    if not raw:
+        return {}
+    try:
+        table = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a JSON object: {exc}") from exc
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name} must be a JSON object of models")
+    prices: dict[str, dict[str, float]] = {}
+    for model, price in table.items():
+        if not isinstance(price, dict) or set(price) != set(PRICE_FIELDS):
+            raise ConfigError(f"{name}: the price of {model!r} needs exactly {PRICE_FIELDS}")
+        if not all(isinstance(v, int | float) and v >= 0 for v in price.values()):
+            raise ConfigError(f"{name}: the prices of {model!r} must be numbers, at least 0")
+        prices[model] = {k: float(v) for k, v in price.items()}
+    return prices
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of aijobs, with its default. See the README's configuration table."""
@@ -66,9 +126,36 @@ class Settings:
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_base_url: str | None = None
     model: str = DEFAULT_MODEL
-    max_tokens: int = 2048
+    # None: each job type's default (DEFAULT_MAX_TOKENS).
+    max_tokens: int | None = None
+    # None: the model's own default temperature.
+    temperature: float | None = None
+    model_by_type: Mapping[str, str] = field(default_factory=dict)
+    max_tokens_by_type: Mapping[str, int] = field(default_factory=dict)
+    temperature_by_type: Mapping[str, float] = field(default_factory=dict)
     anthropic_timeout_s: float = 120.0
     offline_delay_s: float = 0.0
+    # The rate limit budget shared by every worker through Postgres (docs/claude.md).
+    claude_rate_limit: bool = True
+    # Per-minute limits of the organisation; None: learned from the API's headers.
+    claude_rpm: int | None = None
+    claude_itpm: int | None = None
+    claude_otpm: int | None = None
+    # The share of those limits aijobs plans to use, and the share of a minute's budget that
+    # may go out at once.
+    claude_limit_share: float = 0.95
+    claude_burst: float = 0.05
+    # A call that would wait longer than this for budget hands its job back to the queue.
+    claude_max_wait_s: float = 120.0
+    # USD per million tokens by model (or model name prefix), over service/ai/pricing.py's.
+    claude_prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # A document longer than this many characters is analysed in overlapping sections.
+    section_chars: int = 160_000
+    section_overlap_chars: int = 4_000
+    # Model calls (batches or sections) one job runs at once, and how often one that failed
+    # transiently is tried again before its job is handed back to the queue.
+    parallel_batches: int = 4
+    batch_retries: int = 2
 
     # Workers.
     concurrency: int = 10
@@ -91,6 +178,14 @@ class Settings:
     # HTTP API.
     host: str = "127.0.0.1"
     port: int = 8080
+    # Bearer JWTs (HS256, as Supabase issues them) are verified with this secret.
+    jwt_secret: str | None = field(default=None, repr=False)
+    # No secret: accept requests without a token as a development user. Never in production.
+    insecure_dev_auth: bool = False
+    max_body_bytes: int = 64 * 1024
+    max_document_body_bytes: int = 2 * 1024 * 1024
+    dispatch_per_minute: int = 60
+    sse_streams_per_user: int = 20
     sse_heartbeat_s: float = 15.0
     event_retention_s: float = 7 * 24 * 3600.0
 
@@ -107,6 +202,19 @@ class Settings:
 
     def timeout_for(self, job_type: str) -> float:
         return self.timeout_by_type.get(job_type, DEFAULT_TIMEOUTS.get(job_type, 600.0))
+
+    def model_for(self, job_type: str) -> str:
+        return self.model_by_type.get(job_type, self.model)
+
+    def max_tokens_for(self, job_type: str) -> int:
+        if job_type in self.max_tokens_by_type:
+            return self.max_tokens_by_type[job_type]
+        if self.max_tokens is not None:
+            return self.max_tokens
+        return DEFAULT_MAX_TOKENS.get(job_type, 2048)
+
+    def temperature_for(self, job_type: str) -> float | None:
+        return self.temperature_by_type.get(job_type, self.temperature)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -126,9 +234,35 @@ class Settings:
             anthropic_api_key=_str(e, "ANTHROPIC_API_KEY"),
             anthropic_base_url=_str(e, "ANTHROPIC_BASE_URL"),
             model=e.get("AIJOBS_MODEL") or defaults.model,
-            max_tokens=_int(e, "AIJOBS_MAX_TOKENS", defaults.max_tokens, 1),
+            max_tokens=_optional_int(e, "AIJOBS_MAX_TOKENS", 1),
+            temperature=_optional_float(e, "AIJOBS_TEMPERATURE", 0.0),
+            model_by_type=_by_type(e, "AIJOBS_MODEL"),
+            max_tokens_by_type={
+                t: _int(e, f"AIJOBS_MAX_TOKENS_{_env_suffix(t)}", 0, 1)
+                for t in _by_type(e, "AIJOBS_MAX_TOKENS")
+            },
+            temperature_by_type={
+                t: _float(e, f"AIJOBS_TEMPERATURE_{_env_suffix(t)}", 0.0, 0.0)
+                for t in _by_type(e, "AIJOBS_TEMPERATURE")
+            },
             anthropic_timeout_s=_float(e, "AIJOBS_ANTHROPIC_TIMEOUT", defaults.anthropic_timeout_s),
             offline_delay_s=_float(e, "AIJOBS_OFFLINE_DELAY", defaults.offline_delay_s),
+            claude_rate_limit=_switch(e, "AIJOBS_CLAUDE_RATE_LIMIT", defaults.claude_rate_limit),
+            claude_rpm=_optional_int(e, "AIJOBS_CLAUDE_RPM", 1),
+            claude_itpm=_optional_int(e, "AIJOBS_CLAUDE_ITPM", 1),
+            claude_otpm=_optional_int(e, "AIJOBS_CLAUDE_OTPM", 1),
+            claude_limit_share=_fraction(
+                e, "AIJOBS_CLAUDE_LIMIT_SHARE", defaults.claude_limit_share, 1.0
+            ),
+            claude_burst=_fraction(e, "AIJOBS_CLAUDE_BURST", defaults.claude_burst, 0.5),
+            claude_max_wait_s=_float(e, "AIJOBS_CLAUDE_MAX_WAIT", defaults.claude_max_wait_s, 1.0),
+            claude_prices=_prices(e, "AIJOBS_CLAUDE_PRICES"),
+            section_chars=_int(e, "AIJOBS_SECTION_CHARS", defaults.section_chars, 2000),
+            section_overlap_chars=_int(
+                e, "AIJOBS_SECTION_OVERLAP", defaults.section_overlap_chars, 0
+            ),
+            parallel_batches=_int(e, "AIJOBS_PARALLEL_BATCHES", defaults.parallel_batches, 1),
+            batch_retries=_int(e, "AIJOBS_BATCH_RETRIES", defaults.batch_retries, 0),
             concurrency=_int(e, "AIJOBS_CONCURRENCY", defaults.concurrency, 1),
             poll_interval_s=_float(e, "AIJOBS_POLL_INTERVAL", defaults.poll_interval_s, 0.05),
             lease_s=_float(e, "AIJOBS_LEASE", defaults.lease_s, 1.0),
@@ -162,6 +296,17 @@ class Settings:
                 e, "AIJOBS_MAP_CONTROLS_BATCH_SIZE", defaults.map_controls_batch_size, 1
             ),
             host=e.get("AIJOBS_HOST") or defaults.host,
+            jwt_secret=_str(e, "AIJOBS_JWT_SECRET"),
+            max_body_bytes=_int(e, "AIJOBS_MAX_BODY", defaults.max_body_bytes, 1024),
+            max_document_body_bytes=_int(
+                e, "AIJOBS_MAX_DOCUMENT_BODY", defaults.max_document_body_bytes, 1024
+            ),
+            dispatch_per_minute=_int(
+                e, "AIJOBS_DISPATCH_PER_MINUTE", defaults.dispatch_per_minute, 0
+            ),
+            sse_streams_per_user=_int(
+                e, "AIJOBS_SSE_STREAMS_PER_USER", defaults.sse_streams_per_user, 0
+            ),
             port=_int(e, "AIJOBS_PORT", defaults.port, 0),
             sse_heartbeat_s=_float(e, "AIJOBS_SSE_HEARTBEAT", defaults.sse_heartbeat_s, 0.1),
             event_retention_s=_float(e, "AIJOBS_EVENT_RETENTION", defaults.event_retention_s, 60.0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from service import runtime
+from service.api.auth import mint_token
 from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import EntityStore
@@ -19,6 +21,7 @@ from service.sample import load_sample
 from service.watch import follow_job, progress_line
 
 DEMO_OFFLINE_DELAY_S = 0.8
+DEMO_USER = "demo-user"
 
 
 def _say(line: str = "") -> None:
@@ -29,6 +32,11 @@ async def run(settings: Settings, host: str, port: int, *, serve_after: bool) ->
     if not settings.uses_claude and settings.offline_delay_s == 0:
         # The offline analyzer answers at once; slow it down so progress can be watched.
         settings = dataclasses.replace(settings, offline_delay_s=DEMO_OFFLINE_DELAY_S)
+    if settings.jwt_secret is None:
+        # A secret for this run, so that the demo shows the API as it runs in production.
+        settings = dataclasses.replace(settings, jwt_secret=secrets.token_urlsafe(32))
+    assert settings.jwt_secret is not None
+    token = mint_token(settings.jwt_secret, DEMO_USER, ttl_s=24 * 3600)
     stop = runtime.stop_on_signals()
     _say("aijobs demo")
     where = (
@@ -56,15 +64,18 @@ async def run(settings: Settings, host: str, port: int, *, serve_after: bool) ->
                 runtime.running_api(settings, dsn, host, port, pool),
             ):
                 base = f"http://{host}:{port}"
-                ok = await _dispatch_and_watch(base, ids)
+                ok = await _dispatch_and_watch(base, ids, token)
                 _say()
-                _say(f"API: {base}")
-                _say(f"  curl {base}/api/ai-jobs?limit=5")
+                _say(f"API: {base}   (jobs page: {base}/)")
+                _say(f"A token for user {DEMO_USER!r}, valid for 24 hours:")
+                _say(f"  export TOKEN={token}")
+                auth = '-H "Authorization: Bearer $TOKEN"'
+                _say(f"  curl {auth} {base}/api/ai-jobs?limit=5")
                 document_id = ids.documents["access-control-policy"]
-                _say(f"  curl -X POST {base}/api/documents/{document_id}/ai-map-controls")
-                _say(f"  curl {base}/api/ai-jobs/<jobId>              # poll a job")
-                _say(f"  curl -N {base}/api/ai-jobs/<jobId>/events    # follow it live")
-                _say(f"  aijobs watch <jobId> --url {base}")
+                _say(f"  curl {auth} -X POST {base}/api/documents/{document_id}/ai-map-controls")
+                _say(f"  curl {auth} {base}/api/ai-jobs/<jobId>             # poll a job")
+                _say(f"  curl {auth} -N {base}/api/ai-jobs/<jobId>/events   # follow it live")
+                _say(f"  AIJOBS_TOKEN=$TOKEN aijobs watch <jobId> --url {base}")
                 if serve_after:
                     _say("Serving until Ctrl-C.")
                     await stop.wait()
@@ -73,7 +84,7 @@ async def run(settings: Settings, host: str, port: int, *, serve_after: bool) ->
             await pool.close()
 
 
-async def _dispatch_and_watch(base: str, ids: Any) -> bool:
+async def _dispatch_and_watch(base: str, ids: Any, token: str) -> bool:
     match_mapping = ids.mappings[0]
     requests = [
         ("ai-match", f"/api/gap-analysis/ai-match/{match_mapping}"),
@@ -85,7 +96,8 @@ async def _dispatch_and_watch(base: str, ids: Any) -> bool:
     ]
     _say()
     jobs: dict[str, str] = {}
-    async with aiohttp.ClientSession(base) as http:
+    auth = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession(base, headers=auth) as http:
         for job_type, path in requests:
             started = time.perf_counter()
             async with http.post(path) as response:
@@ -106,7 +118,7 @@ async def _dispatch_and_watch(base: str, ids: Any) -> bool:
 
         return _show
 
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=auth) as session:
         finals = await asyncio.gather(
             *(follow_job(session, base, job_id, show(t)) for t, job_id in jobs.items())
         )

@@ -10,10 +10,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 from aiohttp import web
 
+from service.ai.accounting import UsageLedger
 from service.ai.analyzer import Analyzer
-from service.ai.claude import ClaudeAnalyzer, create_client
+from service.ai.claude import CallConfig, ClaudeAnalyzer, create_client
 from service.ai.offline import OfflineAnalyzer
+from service.ai.pricing import PriceTable
 from service.ai.processors import ProcessorDeps, build_registry
+from service.ai.ratelimit import Limits, Policy, RateLimiter
 from service.api.app import create_app
 from service.config import JOB_TYPES, Settings
 from service.db.embedded import EmbeddedPostgres
@@ -63,14 +66,34 @@ async def run_migrations(dsn: str) -> list[int]:
         await conn.close()
 
 
+def rate_limiter(settings: Settings, pool: asyncpg.Pool | None) -> RateLimiter | None:
+    """The budget shared with every other worker, when it is on and there is a database."""
+    if not settings.claude_rate_limit or pool is None:
+        return None
+    policy = Policy(
+        Limits(settings.claude_rpm, settings.claude_itpm, settings.claude_otpm),
+        share=settings.claude_limit_share,
+        burst=settings.claude_burst,
+    )
+    return RateLimiter(pool, policy, settings.claude_max_wait_s)
+
+
 @contextlib.asynccontextmanager
-async def analyzer_for(settings: Settings) -> AsyncIterator[Analyzer]:
+async def analyzer_for(
+    settings: Settings, pool: asyncpg.Pool | None = None
+) -> AsyncIterator[Analyzer]:
     if settings.anthropic_api_key:
         client = create_client(
             settings.anthropic_api_key, settings.anthropic_base_url, settings.anthropic_timeout_s
         )
+        configs = {
+            t: CallConfig(
+                settings.model_for(t), settings.max_tokens_for(t), settings.temperature_for(t)
+            )
+            for t in JOB_TYPES
+        }
         try:
-            yield ClaudeAnalyzer(client, settings.model, settings.max_tokens)
+            yield ClaudeAnalyzer(client, configs, rate_limiter(settings, pool))
         finally:
             await client.close()
     else:
@@ -105,8 +128,19 @@ def stop_on_signals() -> asyncio.Event:
 async def running_worker(
     settings: Settings, dsn: str, pool: asyncpg.Pool, concurrency: int | None = None
 ) -> AsyncIterator[Worker]:
-    async with analyzer_for(settings) as analyzer:
-        deps = ProcessorDeps(analyzer, EntityStore(pool), settings.map_controls_batch_size)
+    async with analyzer_for(settings, pool) as analyzer:
+        deps = ProcessorDeps(
+            analyzer,
+            EntityStore(pool),
+            settings.map_controls_batch_size,
+            ledger=UsageLedger(pool, PriceTable(settings.claude_prices)),
+            # The offline analyzer reads a document of any length at once.
+            section_chars=settings.section_chars if settings.uses_claude else None,
+            section_overlap_chars=settings.section_overlap_chars,
+            parallel_batches=settings.parallel_batches,
+            batch_retries=settings.batch_retries,
+            retry_policy=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
+        )
         worker = Worker(
             dsn,
             JobStore(pool),

@@ -224,11 +224,21 @@ async def _follow_and_report(
     return 1
 
 
+def _session(token: str | None) -> aiohttp.ClientSession:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    return aiohttp.ClientSession(headers=headers)
+
+
 async def watch(
-    base_url: str, job_id: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr
+    base_url: str,
+    job_id: str,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+    *,
+    token: str | None = None,
 ) -> int:
     """`aijobs watch`: 0 when the job completes, 1 when it fails, 2 when it cannot be followed."""
-    async with aiohttp.ClientSession() as session:
+    async with _session(token) as session:
         return await _follow_and_report(session, base_url, job_id, out, err)
 
 
@@ -240,10 +250,11 @@ async def dispatch(
     then_watch: bool,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
+    token: str | None = None,
 ) -> int:
     """`aijobs dispatch`: prints the job id; with `then_watch`, exits as `watch` does."""
     url = base_url.rstrip("/") + DISPATCH_PATHS[job_type].format(id=entity_id)
-    async with aiohttp.ClientSession() as session:
+    async with _session(token) as session:
         try:
             async with session.post(url) as response:
                 if response.status >= 300:

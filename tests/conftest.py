@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from service.api.app import create_app
+from service.api.auth import mint_token
 from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import ControlInput, EntityStore
@@ -58,6 +59,18 @@ async def fake() -> AsyncIterator[FakeAnthropic]:
         yield server
 
 
+TEST_JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"
+TEST_USER = "test-user"
+
+
+def token_for(user_id: str = TEST_USER, role: str = "authenticated") -> str:
+    return mint_token(TEST_JWT_SECRET, user_id, role)
+
+
+def auth_headers(user_id: str = TEST_USER, role: str = "authenticated") -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(user_id, role)}"}
+
+
 def make_settings(dsn: str, fake_url: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": dsn,
@@ -70,6 +83,7 @@ def make_settings(dsn: str, fake_url: str | None, **overrides: Any) -> Settings:
         "retry_base_s": 0.05,
         "retry_max_s": 1.0,
         "max_attempts": 3,
+        "jwt_secret": TEST_JWT_SECRET,
     }
     values.update(overrides)
     return Settings(**values)
@@ -84,7 +98,7 @@ def settings(dsn: str, fake: FakeAnthropic) -> Settings:
 async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[TestClient[Any, Any]]:
     assert settings.database_url
     app = create_app(settings, settings.database_url, pool)
-    async with TestClient(TestServer(app)) as test_client:
+    async with TestClient(TestServer(app), headers=auth_headers()) as test_client:
         yield test_client
 
 

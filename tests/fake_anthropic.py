@@ -697,6 +697,7 @@ class FakeAnthropic:
     * ``requests``: :class:`RecordedRequest` for each ``/v1/messages`` call, in arrival order.
     * ``count_tokens_requests``: the same for ``/v1/messages/count_tokens``.
     * ``rate_limited``: how many requests the rate limiter rejected.
+    * ``usages``: the ``usage`` object of every message answered, in the order answered.
     """
 
     def __init__(
@@ -712,6 +713,7 @@ class FakeAnthropic:
         self.requests: list[RecordedRequest] = []
         self.count_tokens_requests: list[RecordedRequest] = []
         self.rate_limited = 0
+        self.usages: list[JSONDict] = []
         self._queue: deque[Behaviour] = deque()
         self._cache: set[str] = set()
         self._rpm: int | None = None
@@ -795,6 +797,7 @@ class FakeAnthropic:
         self._cache.clear()
         self._window.clear()
         self.rate_limited = 0
+        self.usages.clear()
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -1157,12 +1160,14 @@ class FakeAnthropic:
             created = max(0, prefixes[breakpoints[-1]][1] - read)
             self._cache.update(prefixes[point][0] for point in breakpoints)
         output = max(1, len(json.dumps(content)) // 4)
-        return {
+        usage = {
             "input_tokens": max(1, total - read - created),
             "output_tokens": output,
             "cache_creation_input_tokens": created,
             "cache_read_input_tokens": read,
         }
+        self.usages.append(usage)
+        return usage
 
     # -- streaming ---------------------------------------------------------------------------
 

@@ -174,3 +174,53 @@ async def test_unknown_route_and_method_answer_json(client: Client) -> None:
     await error_of(await client.get("/api/nothing-here"), 404)
     error = await error_of(await client.delete("/api/requirements"), 405)
     assert error["code"] == "method_not_allowed"
+
+
+async def test_lists_of_requirements_documents_and_mappings(client: Client) -> None:
+    async def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = await client.post(path, json=body)
+        assert response.status == 201, await response.text()
+        return await response.json()  # type: ignore[no-any-return]
+
+    reqs = [
+        await post("/api/requirements", {"code": f"R-{i}", "title": f"Req {i}"}) for i in (1, 2)
+    ]
+    text = "Policy \U0001f512 text"
+    docs = [
+        await post("/api/documents", {"title": "Policy", "content": text}),
+        await post("/api/documents", {"title": "Empty", "content": ""}),
+    ]
+    mapping = await post(
+        "/api/gap-analysis/mappings", {"requirementId": reqs[1]["id"], "documentId": docs[0]["id"]}
+    )
+
+    requirements = await (await client.get("/api/requirements")).json()
+    assert requirements == [
+        await (await client.get(f"/api/requirements/{r['id']}")).json() for r in reqs
+    ]
+
+    documents = await (await client.get("/api/documents")).json()
+    assert [set(d) for d in documents] == [{"id", "title", "length", "createdAt", "updatedAt"}] * 2
+    assert [(d["id"], d["title"], d["length"]) for d in documents] == [
+        (docs[0]["id"], "Policy", len(text)),
+        (docs[1]["id"], "Empty", 0),
+    ]
+
+    mappings = await (await client.get("/api/gap-analysis/mappings")).json()
+    assert mappings == [
+        {
+            **await (await client.get(f"/api/gap-analysis/mappings/{mapping['id']}")).json(),
+            "requirementCode": "R-2",
+            "requirementTitle": "Req 2",
+            "documentTitle": "Policy",
+        }
+    ]
+
+    for path in ("/api/requirements", "/api/documents"):
+        first = await (await client.get(f"{path}?limit=1")).json()
+        assert [item["id"] for item in first] == [
+            min(r["id"] for r in (reqs if "req" in path else docs))
+        ]
+        for limit in ("0", "501", "x"):
+            error = await error_of(await client.get(f"{path}?limit={limit}"), 400)
+            assert error["code"] == "invalid_query"

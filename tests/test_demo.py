@@ -38,7 +38,8 @@ def assert_demo_output(out: str) -> None:
     assert "Analyzing batch" in out
     assert "controls mapped in 3 batches" in out
     assert "[offline analyzer]" in out
-    assert "curl http://127.0.0.1:" in out
+    assert 'curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:' in out
+    assert "export TOKEN=ey" in out
 
 
 async def test_demo_against_database_url(dsn: str) -> None:

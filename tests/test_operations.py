@@ -378,9 +378,9 @@ async def test_readme_psql_section_runs_as_written(dsn: str, entities: EntitySto
     from service.sample import load_sample
 
     await load_sample(entities)
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()  # noqa: ASYNC240
     section = readme[readme.index("## Operating it with psql") :]
     sql = re.search(r"```sql\n(.*?)```", section, re.S)
     assert sql is not None
-    code, out, err = await psql(dsn, sql.group(1))
+    code, _, err = await psql(dsn, sql.group(1))
     assert code == 0, err

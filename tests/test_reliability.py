@@ -19,6 +19,7 @@ from service.entities.store import EntityStore
 from service.jobs.store import JobStore
 from service.runtime import running_worker
 from tests.conftest import (
+    auth_headers,
     make_settings,
     start_worker_process,
     wait_for_job,
@@ -223,7 +224,7 @@ async def test_api_answers_503_while_the_database_is_away_then_recovers(
     settings = make_settings(proxied, fake.url)
     app = create_app(settings, proxied)
     try:
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(app), headers=auth_headers()) as client:
             ok = await client.get(f"/api/gap-analysis/mappings/{mapping['id']}")
             assert ok.status == 200
             await proxy.cut()
@@ -294,7 +295,10 @@ async def test_a_killed_workers_jobs_run_again_elsewhere_exactly_once(
         rescuer.signal(signal.SIGTERM)
         assert await rescuer.wait() == 0
     assert {j.status for j in done} == {"completed"}
-    assert {j.attempts for j in done} == {2}
+    # A job whose model call had answered just before the kill may have finished on its
+    # first attempt; the others ran again.
+    assert {j.attempts for j in done} <= {1, 2}
+    assert sum(j.attempts == 2 for j in done) >= 10
     writes = Counter(
         r["mapping_id"] for r in await pool.fetch("SELECT mapping_id FROM test_match_writes")
     )

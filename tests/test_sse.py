@@ -28,7 +28,14 @@ from service.config import Settings
 from service.entities.store import EntityStore
 from service.jobs.store import JobStore
 from service.runtime import running_worker
-from tests.conftest import make_settings, seed_controls, wait_for_job, wait_until
+from tests.conftest import (
+    auth_headers,
+    make_settings,
+    seed_controls,
+    token_for,
+    wait_for_job,
+    wait_until,
+)
 from tests.fake_anthropic import Delay, FakeAnthropic, Refusal
 from tests.pg import DatabaseFactory
 from tests.test_api_jobs import make_mapping
@@ -111,7 +118,7 @@ async def map_controls_job(client: Client, entities: EntityStore) -> str:
 async def api(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Client]:
     assert settings.database_url
     app = create_app(settings, settings.database_url, pool)
-    async with TestClient(TestServer(app)) as test_client:
+    async with TestClient(TestServer(app), headers=auth_headers()) as test_client:
         yield test_client
 
 
@@ -147,15 +154,16 @@ async def test_a_multi_batch_job_on_the_wire(
     logged = await logged_events(pool, job_id, after=first_seq)
     assert [seq for seq, _ in events[1:]] == [r["id"] for r in logged]
     messages = [job["progressMessage"] for _, job in events]
-    assert [m for m in messages if m and m.startswith("Analyzing")] == [
+    assert [m for m in messages if m and m.startswith("Analyz")] == [
         "Analyzing batch 1 of 3...",
-        "Analyzing batch 2 of 3...",
-        "Analyzing batch 3 of 3...",
+        "Analyzed 1 of 3 batches",
+        "Analyzed 2 of 3 batches",
+        "Analyzed 3 of 3 batches",
     ]
     assert messages == [None] + [r["progress_message"] for r in logged]
-    assert [job["status"] for _, job in events] == ["pending"] + ["processing"] * 4 + ["completed"]
+    assert [job["status"] for _, job in events] == ["pending"] + ["processing"] * 5 + ["completed"]
     progress = [job["progress"] for _, job in events if job["status"] == "processing"]
-    assert progress[1:] == [{"current": n, "total": 3} for n in (1, 2, 3)]
+    assert progress[1:] == [{"current": n, "total": 3} for n in (0, 1, 2, 3)]
     # The last event is the final job, result and all, exactly as a GET shows it.
     _, final = events[-1]
     assert final == await get_json(client, f"/api/ai-jobs/{job_id}")
@@ -175,7 +183,7 @@ async def test_last_event_id_resumes_with_exactly_the_missed_events(
 
     async def moved_on() -> bool:
         messages = [r["progress_message"] for r in await logged_events(pool, job_id, seen)]
-        return "Analyzing batch 2 of 3..." in messages
+        return "Analyzed 1 of 3 batches" in messages
 
     await wait_until(moved_on)
     resumed = await Stream(await client.get(path, headers={"Last-Event-ID": str(seen)})).rest()
@@ -184,7 +192,7 @@ async def test_last_event_id_resumes_with_exactly_the_missed_events(
     assert [(seq, job["status"], job["progressMessage"]) for seq, job in resumed] == [
         (r["id"], r["status"], r["progress_message"]) for r in logged
     ]
-    assert resumed[0][1]["progressMessage"] == "Analyzing batch 2 of 3..."
+    assert resumed[0][1]["progressMessage"] == "Analyzed 1 of 3 batches"
     assert resumed[-1][1]["status"] == "completed"
 
 
@@ -221,7 +229,8 @@ async def test_errors_are_json_before_the_stream_starts(client: Client, pool: as
     assert (await malformed.json())["error"]["code"] == "invalid_id"
 
     job_id = await pool.fetchval(
-        "INSERT INTO ai_jobs (job_type, entity_id) VALUES ('ai-match', 1) RETURNING id"
+        "INSERT INTO ai_jobs (job_type, entity_id, created_by) VALUES ('ai-match', 1, 'test-user')"
+        " RETURNING id"
     )
     bad_resume = await client.get(f"/api/ai-jobs/{job_id}/events", headers={"Last-Event-ID": "x"})
     assert bad_resume.status == 400
@@ -232,7 +241,8 @@ async def test_an_idle_stream_carries_keepalives(
     dsn: str, fake: FakeAnthropic, pool: asyncpg.Pool
 ) -> None:
     job_id = await pool.fetchval(
-        "INSERT INTO ai_jobs (job_type, entity_id) VALUES ('ai-match', 1) RETURNING id"
+        "INSERT INTO ai_jobs (job_type, entity_id, created_by) VALUES ('ai-match', 1, 'test-user')"
+        " RETURNING id"
     )
     async with api(make_settings(dsn, fake.url, sse_heartbeat_s=0.05), pool) as client:
         response = await client.get(f"/api/ai-jobs/{job_id}/events")
@@ -247,12 +257,13 @@ async def test_streams_end_cleanly_when_the_api_shuts_down(
     settings: Settings, pool: asyncpg.Pool
 ) -> None:
     job_id = await pool.fetchval(
-        "INSERT INTO ai_jobs (job_type, entity_id) VALUES ('ai-match', 1) RETURNING id"
+        "INSERT INTO ai_jobs (job_type, entity_id, created_by) VALUES ('ai-match', 1, 'test-user')"
+        " RETURNING id"
     )
     assert settings.database_url
     server = TestServer(create_app(settings, settings.database_url, pool))
     await server.start_server()
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=auth_headers()) as session:
         streams = [
             Stream(await session.get(server.make_url(f"/api/ai-jobs/{job_id}/events")))
             for _ in range(5)
@@ -281,10 +292,11 @@ async def test_a_thousand_subscribers_all_get_the_end(
     # Bounded connecting, so that the server's accept backlog does not overflow.
     connecting = asyncio.Semaphore(100)
 
-    async def subscriber(session: aiohttp.ClientSession) -> list[JobEvent]:
+    async def subscriber(session: aiohttp.ClientSession, n: int) -> list[JobEvent]:
         nonlocal subscribed
         async with connecting:
-            response = await session.get(url)
+            # As many viewers (operators, who see every job): one user may open only a few.
+            response = await session.get(url, headers=auth_headers(f"viewer-{n}", "service_role"))
             stream = Stream(response)
             await stream.next_event()
         subscribed += 1
@@ -294,8 +306,8 @@ async def test_a_thousand_subscribers_all_get_the_end(
             return await stream.rest()
 
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        tasks = [asyncio.create_task(subscriber(session)) for _ in range(count)]
+    async with aiohttp.ClientSession(connector=connector, headers=auth_headers()) as session:
+        tasks = [asyncio.create_task(subscriber(session, n)) for n in range(count)]
         await asyncio.wait_for(all_subscribed.wait(), 60)
         assert settings.database_url
         async with running_worker(settings, settings.database_url, pool):
@@ -389,7 +401,10 @@ async def aijobs(*args: str) -> tuple[int, str, str]:
         "-m",
         "service",
         *args,
-        env={k: v for k, v in os.environ.items() if not k.startswith("AIJOBS_")},
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("AIJOBS_")},
+            "AIJOBS_TOKEN": token_for(),
+        },
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -440,7 +455,7 @@ async def test_aijobs_dispatch_then_watch(
     assert code == 0, err
     lines = out.splitlines()
     assert uuid.UUID(lines[0]) != job_id
-    assert "Analyzing batch 2 of 2..." in out
+    assert "Analyzed 1 of 2 batches" in out
     assert lines[-1].startswith("completed")
 
     code, _, err = await aijobs("dispatch", "ai-coverage", "987654", "--url", url)

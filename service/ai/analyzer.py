@@ -8,6 +8,11 @@ from typing import Generic, Protocol, TypeVar
 
 from service.ai.schemas import ControlMappingBatch, CoverageAssessment, MatchAssessment
 
+# The job types, as the analyzers know them: each has its own model configuration.
+MATCH = "ai-match"
+COVERAGE = "ai-coverage"
+MAP_CONTROLS = "ai-map-controls"
+
 
 @dataclass(frozen=True)
 class RequirementText:
@@ -19,9 +24,13 @@ class RequirementText:
 
 @dataclass(frozen=True)
 class DocumentText:
+    """A document, or one section of a document too long for one request."""
+
     id: int
     title: str
     content: str
+    section: int = 1
+    sections: int = 1
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,20 @@ class Usage:
         self.cache_read_input_tokens += other.cache_read_input_tokens
 
 
+class Meter(Protocol):
+    """Told of every model call as soon as it is answered, so that its tokens are accounted
+    for even when the analysis that made it fails afterwards."""
+
+    async def record(self, model: str, usage: Usage) -> None: ...
+
+
+class NoMeter:
+    """A meter that keeps nothing."""
+
+    async def record(self, model: str, usage: Usage) -> None:
+        return None
+
+
 T = TypeVar("T")
 
 
@@ -64,18 +87,17 @@ class Analyzer(Protocol):
     def source(self) -> str:
         """Which analyzer answered: "claude" or "offline"."""
 
-    @property
-    def model(self) -> str | None:
-        """The model that answered, when there is one."""
+    def model_for(self, job_type: str) -> str | None:
+        """The model that answers for a job type, when there is one."""
 
     async def match(
-        self, requirement: RequirementText, document: DocumentText
+        self, requirement: RequirementText, document: DocumentText, meter: Meter
     ) -> Analysis[MatchAssessment]: ...
 
     async def coverage(
-        self, requirement: RequirementText, documents: Sequence[DocumentText]
+        self, requirement: RequirementText, documents: Sequence[DocumentText], meter: Meter
     ) -> Analysis[CoverageAssessment]: ...
 
     async def map_controls(
-        self, document: DocumentText, controls: Sequence[ControlText]
+        self, document: DocumentText, controls: Sequence[ControlText], meter: Meter
     ) -> Analysis[ControlMappingBatch]: ...

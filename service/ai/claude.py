@@ -1,9 +1,15 @@
-"""The Claude analyzer: forced tool use, answers validated against their schema."""
+"""The Claude analyzer: forced tool use, answers validated against their schema.
+
+Every call takes its budget from the shared rate limiter before it is sent and settles it
+after, and is told to the job's meter as soon as it is answered.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anthropic
@@ -12,20 +18,37 @@ from pydantic import BaseModel, ValidationError
 
 from service.ai import prompts
 from service.ai.analyzer import (
+    COVERAGE,
+    MAP_CONTROLS,
+    MATCH,
     Analysis,
     ControlText,
     DocumentText,
+    Meter,
     RequirementText,
     Usage,
 )
 from service.ai.errors import translate
+from service.ai.ratelimit import RateLimiter, Reservation
 from service.ai.schemas import ControlMappingBatch, CoverageAssessment, MatchAssessment
 from service.jobs.model import PermanentFailure, RetryLater
 
 M = TypeVar("M", bound=BaseModel)
 
-# Roughly 40k tokens of document per request; longer documents are cut, and say so.
-MAX_DOCUMENT_CHARS = 160_000
+# Claude's tokenizer makes about 3.5 characters of English prose a token; counting the JSON
+# of the request (markup, schema and all) errs on the high side, and every answer's usage
+# corrects the bucket afterwards.
+CHARS_PER_TOKEN = 3.5
+
+
+@dataclass(frozen=True)
+class CallConfig:
+    """How one job type asks: which model, how many output tokens at most, which temperature
+    (None: not sent, the model's default; the Claude 5 models accept no other)."""
+
+    model: str
+    max_tokens: int
+    temperature: float | None = None
 
 
 def create_client(api_key: str, base_url: str | None, timeout_s: float) -> anthropic.AsyncAnthropic:
@@ -33,6 +56,12 @@ def create_client(api_key: str, base_url: str | None, timeout_s: float) -> anthr
     return anthropic.AsyncAnthropic(
         api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout_s
     )
+
+
+def estimate_input_tokens(system: str, messages: object, tools: object) -> int:
+    """Input tokens of a request before it is sent, from its size."""
+    size = len(system) + len(json.dumps(messages)) + len(json.dumps(tools))
+    return math.ceil(size / CHARS_PER_TOKEN)
 
 
 def _tool(name: str, description: str, model: type[BaseModel]) -> dict[str, Any]:
@@ -50,71 +79,87 @@ def _validation_problem(exc: ValidationError) -> str:
 class ClaudeAnalyzer:
     source = "claude"
 
-    def __init__(self, client: anthropic.AsyncAnthropic, model: str, max_tokens: int) -> None:
+    def __init__(
+        self,
+        client: anthropic.AsyncAnthropic,
+        configs: Mapping[str, CallConfig],
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self._client = client
-        self._model = model
-        self._max_tokens = max_tokens
+        self._configs = configs
+        self._limiter = limiter
 
-    @property
-    def model(self) -> str | None:
-        return self._model
+    def model_for(self, job_type: str) -> str | None:
+        return self._configs[job_type].model
 
     async def match(
-        self, requirement: RequirementText, document: DocumentText
+        self, requirement: RequirementText, document: DocumentText, meter: Meter
     ) -> Analysis[MatchAssessment]:
-        text = prompts.match_prompt(requirement, document, MAX_DOCUMENT_CHARS)
+        text = prompts.match_prompt(requirement, document)
         return await self._ask(
+            self._configs[MATCH],
             [{"type": "text", "text": text}],
             "record_match_assessment",
             "Record how well the document satisfies the requirement.",
             MatchAssessment,
+            meter,
         )
 
     async def coverage(
-        self, requirement: RequirementText, documents: Sequence[DocumentText]
+        self, requirement: RequirementText, documents: Sequence[DocumentText], meter: Meter
     ) -> Analysis[CoverageAssessment]:
-        text = prompts.coverage_prompt(requirement, documents, MAX_DOCUMENT_CHARS)
+        text = prompts.coverage_prompt(requirement, documents)
         return await self._ask(
+            self._configs[COVERAGE],
             [{"type": "text", "text": text}],
             "record_coverage_assessment",
             "Record how well the documents together cover the requirement.",
             CoverageAssessment,
+            meter,
         )
 
     async def map_controls(
-        self, document: DocumentText, controls: Sequence[ControlText]
+        self, document: DocumentText, controls: Sequence[ControlText], meter: Meter
     ) -> Analysis[ControlMappingBatch]:
-        # The document leads every batch's request unchanged, so later batches read it from
-        # the prompt cache.
+        # The tools, the system prompt and the document lead every batch's request unchanged,
+        # and the cache breakpoint after the document makes them one cached prefix: batches
+        # after the first read it from the cache.
         content: list[dict[str, Any]] = [
             {
                 "type": "text",
-                "text": prompts.map_controls_document(document, MAX_DOCUMENT_CHARS),
+                "text": prompts.map_controls_document(document),
                 "cache_control": {"type": "ephemeral"},
             },
             {"type": "text", "text": prompts.map_controls_prompt(controls)},
         ]
         return await self._ask(
+            self._configs[MAP_CONTROLS],
             content,
             "record_implemented_controls",
             "Record which of the listed controls the document implements.",
             ControlMappingBatch,
+            meter,
         )
 
     async def _ask(
         self,
+        config: CallConfig,
         content: list[dict[str, Any]],
         tool_name: str,
         description: str,
         answer_model: type[M],
+        meter: Meter,
     ) -> Analysis[M]:
         """One forced tool call; one corrective retry when the answer does not validate."""
         usage = Usage()
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        tools = [_tool(tool_name, description, answer_model)]
         problem = ""
         for attempt in (1, 2):
-            response = await self._create(messages, tool_name, description, answer_model)
-            usage.add(_usage_of(response))
+            response = await self._create(config, messages, tools, tool_name)
+            used = _usage_of(response)
+            usage.add(used)
+            await meter.record(config.model, used)
             if response.stop_reason == "refusal":
                 raise PermanentFailure("Claude declined to analyse this content (refusal)")
             block = next(
@@ -158,26 +203,53 @@ class ClaudeAnalyzer:
 
     async def _create(
         self,
+        config: CallConfig,
         messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
         tool_name: str,
-        description: str,
-        answer_model: type[BaseModel],
     ) -> Message:
+        reservation: Reservation | None = None
+        if self._limiter is not None:
+            reservation = await self._limiter.acquire(
+                config.model,
+                estimate_input_tokens(prompts.SYSTEM, messages, tools),
+                config.max_tokens,
+            )
+        # The SDK no longer takes sampling parameters by name; the API still does, on the
+        # models that accept them.
+        extra_body = None if config.temperature is None else {"temperature": config.temperature}
         try:
-            message: Message = await self._client.messages.create(
-                model=self._model,
-                max_tokens=self._max_tokens,
+            raw = await self._client.messages.with_raw_response.create(
+                model=config.model,
+                max_tokens=config.max_tokens,
                 system=prompts.SYSTEM,
                 messages=cast(Any, messages),
-                tools=cast(Any, [_tool(tool_name, description, answer_model)]),
+                tools=cast(Any, tools),
                 tool_choice={"type": "tool", "name": tool_name},
+                extra_body=extra_body,
             )
-            return message
+            message = await raw.parse()
         except (anthropic.APIResponseValidationError, json.JSONDecodeError) as exc:
             # A garbled response is the transport's fault, not the model's: try again later.
             raise RetryLater(f"The Anthropic API sent a response we could not read: {exc}") from exc
+        except anthropic.APIStatusError as exc:
+            outcome = translate(exc)
+            if reservation is not None and self._limiter is not None:
+                await self._limiter.rejected(
+                    reservation,
+                    exc.status_code,
+                    exc.response.headers,
+                    outcome.delay if isinstance(outcome, RetryLater) else None,
+                )
+            raise outcome from exc
         except anthropic.AnthropicError as exc:
+            # Timed out or never connected: what the call took stays taken, to be safe.
             raise translate(exc) from exc
+        if not isinstance(message, Message):
+            raise RetryLater("The Anthropic API answered with a stream we did not ask for")
+        if reservation is not None and self._limiter is not None:
+            await self._limiter.answered(reservation, _usage_of(message), raw.headers)
+        return message
 
 
 def _usage_of(response: Message) -> Usage:

@@ -14,6 +14,7 @@ from service.ai.analyzer import (
     Analysis,
     ControlText,
     DocumentText,
+    Meter,
     RequirementText,
 )
 from service.ai.schemas import (
@@ -71,18 +72,20 @@ def _score(found: int, total: int) -> int:
 
 class OfflineAnalyzer:
     source = "offline"
-    model = None
 
     def __init__(self, delay_s: float = 0.0) -> None:
         # A pause per call, so that progress can be watched in a demo.
         self._delay_s = delay_s
+
+    def model_for(self, job_type: str) -> str | None:
+        return None
 
     async def _pause(self) -> None:
         if self._delay_s > 0:
             await asyncio.sleep(self._delay_s)
 
     async def match(
-        self, requirement: RequirementText, document: DocumentText
+        self, requirement: RequirementText, document: DocumentText, meter: Meter
     ) -> Analysis[MatchAssessment]:
         await self._pause()
         terms = key_terms(f"{requirement.title} {requirement.description}")
@@ -103,7 +106,7 @@ class OfflineAnalyzer:
         )
 
     async def coverage(
-        self, requirement: RequirementText, documents: Sequence[DocumentText]
+        self, requirement: RequirementText, documents: Sequence[DocumentText], meter: Meter
     ) -> Analysis[CoverageAssessment]:
         await self._pause()
         terms = key_terms(f"{requirement.title} {requirement.description}")
@@ -127,7 +130,7 @@ class OfflineAnalyzer:
         )
 
     async def map_controls(
-        self, document: DocumentText, controls: Sequence[ControlText]
+        self, document: DocumentText, controls: Sequence[ControlText], meter: Meter
     ) -> Analysis[ControlMappingBatch]:
         await self._pause()
         document_terms = set(key_terms(document.content))

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
 
 from service.ai.dispatch import Dispatcher
-from service.api import entities, jobs, sse
+from service.api import entities, jobs, openapi, page, sse
+from service.api.auth import auth_middleware
 from service.api.errors import error_middleware
-from service.api.state import DISPATCHER, ENTITIES, EVENT_HUB, JOBS, METRICS, POOL, SETTINGS
+from service.api.state import (
+    DISPATCHER,
+    ENTITIES,
+    EVENT_HUB,
+    JOBS,
+    METRICS,
+    OPEN_STREAMS,
+    POOL,
+    SETTINGS,
+)
 from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import EntityStore
@@ -25,10 +36,14 @@ CLIENT_MAX_SIZE = 3 * 1024 * 1024
 
 def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -> web.Application:
     """Build the API. With `pool`, use it (and leave closing it to the caller)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=CLIENT_MAX_SIZE)
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE
+    )
     app[SETTINGS] = settings
+    app[page.ASSETS] = page.Assets.load()
     metrics = Metrics()
     app[METRICS] = metrics
+    app[OPEN_STREAMS] = Counter()
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         owned = pool is None
@@ -71,5 +86,7 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
     app.add_routes(entities.routes)
     app.add_routes(jobs.routes)
     app.add_routes(sse.routes)
+    app.add_routes(openapi.routes)
+    app.add_routes(page.routes)
     app.add_routes(ops_routes(lambda: app[POOL], metrics))
     return app

@@ -7,13 +7,19 @@ from aiohttp import web
 
 from service.api import parse, render
 from service.api.errors import ApiError, bad_request, not_found
-from service.api.state import ENTITIES
+from service.api.state import ENTITIES, SETTINGS
 from service.entities.store import ControlInput
 
 routes = web.RouteTableDef()
 
 MAX_CONTROLS_PER_REQUEST = 1000
 MAX_DOCUMENT_CHARS = 2_000_000
+LIST_LIMIT_DEFAULT = 100
+LIST_LIMIT_MAX = 500
+
+
+def _list_limit(request: web.Request) -> int:
+    return parse.query_int(request, "limit", LIST_LIMIT_DEFAULT, 1, LIST_LIMIT_MAX)
 
 
 @routes.post("/api/requirements")
@@ -27,6 +33,12 @@ async def create_requirement(request: web.Request) -> web.Response:
     return render.json_response(render.requirement_json(row), 201)
 
 
+@routes.get("/api/requirements")
+async def list_requirements(request: web.Request) -> web.Response:
+    rows = await request.app[ENTITIES].list_requirements(_list_limit(request))
+    return render.json_response([render.requirement_json(r) for r in rows])
+
+
 @routes.get("/api/requirements/{id}")
 async def get_requirement(request: web.Request) -> web.Response:
     requirement_id = parse.path_id(request, what="requirement id")
@@ -38,7 +50,7 @@ async def get_requirement(request: web.Request) -> web.Response:
 
 @routes.post("/api/documents")
 async def create_document(request: web.Request) -> web.Response:
-    data = await parse.json_object(request)
+    data = await parse.json_object(request, request.app[SETTINGS].max_document_body_bytes)
     row = await request.app[ENTITIES].create_document(
         parse.text_field(data, "title", max_length=1000),
         parse.text_field(
@@ -46,6 +58,12 @@ async def create_document(request: web.Request) -> web.Response:
         ),
     )
     return render.json_response(render.document_json(row), 201)
+
+
+@routes.get("/api/documents")
+async def list_documents(request: web.Request) -> web.Response:
+    rows = await request.app[ENTITIES].list_documents(_list_limit(request))
+    return render.json_response([render.document_summary_json(r) for r in rows])
 
 
 @routes.get("/api/documents/{id}")
@@ -121,6 +139,12 @@ async def create_mapping(request: web.Request) -> web.Response:
             f"Requirement {requirement_id} is already mapped to document {document_id}",
         ) from None
     return render.json_response(render.mapping_json(row), 201)
+
+
+@routes.get("/api/gap-analysis/mappings")
+async def list_mappings(request: web.Request) -> web.Response:
+    rows = await request.app[ENTITIES].list_mappings(_list_limit(request))
+    return render.json_response([render.mapping_summary_json(r) for r in rows])
 
 
 @routes.get("/api/gap-analysis/mappings/{id}")

@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from service.api.errors import bad_request
+from service.api.errors import ApiError, bad_request
+from service.api.state import SETTINGS
 
 MAX_BIGINT = 2**63 - 1
 
@@ -31,8 +32,27 @@ def path_uuid(request: web.Request, name: str = "jobId") -> uuid.UUID:
         raise bad_request(f"job id must be a UUID, got {raw!r}", "invalid_id") from None
 
 
-async def json_body(request: web.Request) -> Any:
-    body = await request.read()
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"The request body is larger than {limit} bytes")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refusing (413) past `limit` bytes without reading further."""
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_body(request: web.Request, limit: int | None = None) -> Any:
+    """The JSON body; bodies over `limit` bytes (default AIJOBS_MAX_BODY) get 413."""
+    body = await read_body(request, limit or request.app[SETTINGS].max_body_bytes)
     if not body:
         raise bad_request("The request body is empty; send JSON", "invalid_json")
     try:
@@ -41,8 +61,8 @@ async def json_body(request: web.Request) -> Any:
         raise bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
 
 
-async def json_object(request: web.Request) -> dict[str, Any]:
-    data = await json_body(request)
+async def json_object(request: web.Request, limit: int | None = None) -> dict[str, Any]:
+    data = await json_body(request, limit)
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object", "invalid_body")
     return data

@@ -105,3 +105,24 @@ def document_control_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "jobId": str(row["job_id"]) if row["job_id"] else None,
         "createdAt": row["created_at"],
     }
+
+
+def document_summary_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A document in a list: its content's length stands for the content."""
+    return {
+        "id": row["id"],
+        "title": row["title"],
+        "length": row["length"],
+        "createdAt": row["created_at"],
+        "updatedAt": row["updated_at"],
+    }
+
+
+def mapping_summary_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping in a list, with what a person needs to recognise it."""
+    return {
+        **mapping_json(row),
+        "requirementCode": row["requirement_code"],
+        "requirementTitle": row["requirement_title"],
+        "documentTitle": row["document_title"],
+    }

@@ -9,8 +9,10 @@ import orjson
 from aiohttp import web
 
 from service.api import parse, render
-from service.api.errors import bad_request, not_found
-from service.api.state import EVENT_HUB, SETTINGS
+from service.api.auth import identity_of
+from service.api.errors import ApiError, bad_request, not_found
+from service.api.jobs import visible_job
+from service.api.state import EVENT_HUB, OPEN_STREAMS, SETTINGS
 from service.jobs.events import EventHub
 from service.jobs.model import Job
 
@@ -58,6 +60,7 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     """
     job_id = parse.path_uuid(request)
     resume = _resume_after(request)
+    await visible_job(request, job_id)
     hub = request.app[EVENT_HUB]
     snapshot = await hub.store.snapshot(job_id)
     if snapshot is None:
@@ -69,13 +72,40 @@ async def job_events(request: web.Request) -> web.StreamResponse:
         # The client has had everything; 204 is how SSE tells EventSource to stop reconnecting.
         return web.Response(status=204)
 
+    user_id = identity_of(request).user_id
+    streams = request.app[OPEN_STREAMS]
+    limit = request.app[SETTINGS].sse_streams_per_user
+    if limit and streams[user_id] >= limit:
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"At most {limit} open event streams per user; close one first",
+            {"Retry-After": str(RETRY_MS // 1000)},
+        )
+    streams[user_id] += 1
+    try:
+        return await _stream(request, hub, job_id, snapshot.job, seq, resume)
+    finally:
+        streams[user_id] -= 1
+        if not streams[user_id]:
+            del streams[user_id]
+
+
+async def _stream(
+    request: web.Request,
+    hub: EventHub,
+    job_id: uuid.UUID,
+    job: Job,
+    seq: int,
+    resume: int | None,
+) -> web.StreamResponse:
     response = web.StreamResponse(headers=_HEADERS)
     await response.prepare(request)
     try:
         await response.write(b"retry: %d\n\n" % RETRY_MS)
         if resume is None:
-            await response.write(frame(seq, snapshot.job))
-            if snapshot.job.finished:
+            await response.write(frame(seq, job))
+            if job.finished:
                 return response
             resume = seq
         await _follow(response, hub, job_id, resume, request.app[SETTINGS].sse_heartbeat_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import asyncpg
 from aiohttp import web
 
@@ -19,3 +21,5 @@ JOBS = web.AppKey("jobs", JobStore)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
 METRICS = web.AppKey("metrics", Metrics)
+# Open event streams per user id, to bound them.
+OPEN_STREAMS = web.AppKey("open_streams", Counter[str])

@@ -90,3 +90,22 @@ SELECT * FROM requirement_mappings WHERE requirement_id = $1 AND document_id = $
 
 -- name: existing_control_codes
 SELECT code FROM controls WHERE code = ANY($1::text[]);
+
+-- name: list_requirements
+SELECT * FROM requirements ORDER BY id LIMIT $1;
+
+-- name: list_documents
+-- Without the content, which may be megabytes: its length stands for it.
+SELECT id, title, char_length(content) AS length, created_at, updated_at
+FROM documents
+ORDER BY id
+LIMIT $1;
+
+-- name: list_mappings
+SELECT m.*, r.code AS requirement_code, r.title AS requirement_title,
+       d.title AS document_title
+FROM requirement_mappings m
+JOIN requirements r ON r.id = m.requirement_id
+JOIN documents d ON d.id = m.document_id
+ORDER BY m.id
+LIMIT $1;

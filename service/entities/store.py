@@ -109,6 +109,19 @@ class EntityStore:
     async def document_controls(self, document_id: int) -> list[Row]:
         return [dict(r) for r in await self.pool.fetch(Q.document_controls, document_id)]
 
+    # -- lists, in id order ------------------------------------------------------------
+
+    async def list_requirements(self, limit: int) -> list[Row]:
+        return [dict(r) for r in await self.pool.fetch(Q.list_requirements, limit)]
+
+    async def list_documents(self, limit: int) -> list[Row]:
+        """Documents without their content; `length` is its number of characters."""
+        return [dict(r) for r in await self.pool.fetch(Q.list_documents, limit)]
+
+    async def list_mappings(self, limit: int) -> list[Row]:
+        """Mappings with their requirement's code and title and their document's title."""
+        return [dict(r) for r in await self.pool.fetch(Q.list_mappings, limit)]
+
     # -- effects of analyses, each run inside the job's completing transaction -----------
 
     @staticmethod

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import asyncpg
 import structlog
 
@@ -31,3 +34,13 @@ class JobContext:
         """
         await self.store.progress(self.job, message, current, total)
         self.log.info("job_progress", message=message, current=current, total=total)
+
+    async def checkpoint(self, data: Any) -> None:
+        """Save `data` (JSON) on the job row; a later attempt of the job reads it back from
+        `ctx.job.checkpoint`, so that work done before a crash or a retry is not done again.
+
+        Each call replaces the previous checkpoint. Raises LeaseLost when the job is no
+        longer ours, which ends the actor.
+        """
+        await self.store.checkpoint(self.job, data)
+        self.job = dataclasses.replace(self.job, checkpoint=data)

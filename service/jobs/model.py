@@ -37,15 +37,24 @@ class Job:
     created_by: str | None
     created_at: datetime
     updated_at: datetime
+    # What the processor saved of its progress (JobContext.checkpoint); None: nothing yet.
+    checkpoint: Any = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any] | asyncpg.Record) -> Job:
-        return cls(**{name: record[name] for name in cls.__slots__})
+        # A record built by hand may leave out the fields that have defaults.
+        values: dict[str, Any] = {
+            name: record.get(name) if name in _OPTIONAL_FIELDS else record[name]
+            for name in cls.__slots__
+        }
+        return cls(**values)
 
     @property
     def finished(self) -> bool:
         return self.status in FINISHED
 
+
+_OPTIONAL_FIELDS = frozenset({"checkpoint"})
 
 ApplyEffect = Callable[[Connection], Awaitable[None]]
 

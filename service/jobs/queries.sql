@@ -61,11 +61,18 @@ UPDATE ai_jobs
 SET progress_message = $4, progress_current = $5, progress_total = $6
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
 
+-- name: save_checkpoint
+UPDATE ai_jobs
+SET checkpoint = $4
+WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
+
 -- name: complete_job
--- locked_by stays on a finished job: it names the worker that ran it.
+-- locked_by stays on a finished job: it names the worker that ran it. A completed job has no
+-- use for its checkpoint any more.
 UPDATE ai_jobs
 SET status = 'completed',
     result = $4,
+    checkpoint = NULL,
     progress_message = $5,
     progress_current = coalesce(progress_total, progress_current),
     error_message = NULL,
@@ -164,3 +171,17 @@ SELECT pg_advisory_unlock($1);
 -- name: prune_finished
 -- One batch, one short transaction: see ai_jobs_prune in sql/.
 SELECT ai_jobs_prune(make_interval(secs => $1), $2);
+
+-- name: enter_user_scope
+-- For the rest of this transaction, act as an authenticated user with these JWT claims:
+-- row level security then shows only that user's jobs, whatever a query's WHERE says.
+SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true);
+
+-- name: recent_jobs_of
+-- How many jobs this user created in the last $2 seconds, and in how many seconds the oldest
+-- of them leaves that window.
+SELECT count(*) AS count,
+       ceil(extract(epoch FROM min(created_at) + make_interval(secs => $2) - now()))::int
+         AS frees_in_s
+FROM ai_jobs
+WHERE created_by = $1 AND created_at > now() - make_interval(secs => $2);

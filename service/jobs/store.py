@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncpg
+import orjson
 
+from service.db.pool import Connection
 from service.db.queries import Queries
 from service.jobs.model import ApplyEffect, Job
 
@@ -31,9 +34,49 @@ class LeaseLost(Exception):
     """The job is no longer ours: it was reaped, cancelled or finished elsewhere."""
 
 
+class JobReader:
+    """Reads of jobs on one connection, inside a transaction that may scope them to a user."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def get(self, job_id: uuid.UUID) -> Job | None:
+        row = await self._conn.fetchrow(Q.get_job, job_id)
+        return Job.from_record(row) if row else None
+
+    async def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        job_type: str | None = None,
+        entity_id: int | None = None,
+        created_by: str | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        rows = await self._conn.fetch(Q.list_jobs, status, job_type, entity_id, created_by, limit)
+        return [Job.from_record(r) for r in rows]
+
+
 class JobStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+
+    @contextlib.asynccontextmanager
+    async def reader(self, claims: Mapping[str, object] | None) -> AsyncIterator[JobReader]:
+        """Reads as the user these JWT claims name, enforced by row level security: under
+        the `authenticated` role, Postgres shows only the jobs whose created_by is the
+        claims' `sub`. `None`: reads with the service's own rights (everything)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if claims is not None:
+                await conn.execute(Q.enter_user_scope, orjson.dumps(claims).decode())
+            yield JobReader(conn)
+
+    async def recent_jobs_of(self, user_id: str, window_s: float) -> tuple[int, int]:
+        """Jobs `user_id` created in the last `window_s` seconds, and the seconds until the
+        oldest of them leaves the window."""
+        row = await self.pool.fetchrow(Q.recent_jobs_of, user_id, window_s)
+        assert row is not None
+        return row["count"], max(row["frees_in_s"] or 1, 1)
 
     # -- dispatch and reads -------------------------------------------------------------
 
@@ -119,6 +162,14 @@ class JobStore:
     ) -> None:
         status = await self.pool.execute(
             Q.update_progress, job.id, job.locked_by, job.attempts, message, current, total
+        )
+        if status == "UPDATE 0":
+            raise LeaseLost(str(job.id))
+
+    async def checkpoint(self, job: Job, data: object) -> None:
+        """Replace the job's checkpoint; raises LeaseLost when the job is no longer ours."""
+        status = await self.pool.execute(
+            Q.save_checkpoint, job.id, job.locked_by, job.attempts, data
         )
         if status == "UPDATE 0":
             raise LeaseLost(str(job.id))

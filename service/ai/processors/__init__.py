@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TypeVar
 
-from service.ai.analyzer import Analyzer, Usage
+from service.ai.accounting import JobUsage, UsageLedger
+from service.ai.analyzer import Analyzer, Meter, NoMeter, Usage
+from service.ai.batches import CallRunner, Codec, Unit, Wording, plan_of
 from service.entities.store import EntityStore
+from service.jobs.actor import RetryPolicy
+from service.jobs.context import JobContext
 from service.jobs.registry import JobType, Registry
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -15,20 +23,51 @@ class ProcessorDeps:
     analyzer: Analyzer
     entities: EntityStore
     map_controls_batch_size: int = 25
+    # Where each model call's tokens and cost are recorded; None: nowhere.
+    ledger: UsageLedger | None = None
+    # A document longer than this is analysed in overlapping sections; None: never split.
+    section_chars: int | None = None
+    section_overlap_chars: int = 4_000
+    parallel_batches: int = 4
+    batch_retries: int = 2
+    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def meter(self, ctx: JobContext) -> Meter:
+        return self.ledger.meter(ctx.job.id) if self.ledger is not None else NoMeter()
+
+    async def usage(self, ctx: JobContext, this_attempt: Usage) -> JobUsage:
+        """Everything the job's calls used, earlier attempts included, and its cost."""
+        if self.ledger is not None:
+            return await self.ledger.totals(ctx.job.id)
+        return JobUsage(this_attempt, Decimal(0) if this_attempt.calls == 0 else None)
+
+    async def run_calls(
+        self,
+        ctx: JobContext,
+        groups: Sequence[Sequence[Unit[T]]],
+        codec: Codec[T],
+        wording: Wording,
+        *plan: object,
+    ) -> dict[str, T]:
+        """Run a job's model calls: concurrently, checkpointed, each retried alone."""
+        runner = CallRunner(
+            ctx,
+            plan_of(ctx.job.job_type, self.analyzer.model_for(ctx.job.job_type), *plan),
+            codec,
+            wording,
+            parallel=self.parallel_batches,
+            retries=self.batch_retries,
+            retry_policy=self.retry_policy,
+        )
+        return await runner.run(groups)
 
 
-def analyzer_fields(deps: ProcessorDeps, usage: Usage) -> dict[str, object]:
-    """What every result says about where it came from."""
+def analyzer_fields(deps: ProcessorDeps, job_type: str, usage: JobUsage) -> dict[str, object]:
+    """What every result says about where it came from, and what it cost."""
     return {
         "analyzer": deps.analyzer.source,
-        "model": deps.analyzer.model,
-        "usage": {
-            "calls": usage.calls,
-            "inputTokens": usage.input_tokens,
-            "outputTokens": usage.output_tokens,
-            "cacheCreationInputTokens": usage.cache_creation_input_tokens,
-            "cacheReadInputTokens": usage.cache_read_input_tokens,
-        },
+        "model": deps.analyzer.model_for(job_type),
+        "usage": usage.as_json(),
     }
 
 

@@ -1,19 +1,41 @@
 """ai-map-controls: which controls of the catalogue does this document implement?
 
-The catalogue goes to the model in batches, with progress before each one.
+The catalogue goes to the model in batches, several at once, with the document as a cached
+prompt prefix; a document too long for one request is split into sections, each of which
+meets every batch. A control is mapped with the highest confidence any call gave it.
+Each batch's answer is checkpointed as it arrives: an attempt after a crash or a failure
+asks only for the batches that are missing.
 """
 
 from __future__ import annotations
 
-from service.ai.analyzer import ControlText, DocumentText, Usage
+from typing import Any
+
+from service.ai.analyzer import MAP_CONTROLS, ControlText, DocumentText, Usage
+from service.ai.batches import Codec, Unit, Wording
 from service.ai.processors import ProcessorDeps, analyzer_fields
+from service.ai.sections import split_document
 from service.db.pool import Connection
 from service.entities.store import ControlMatchRow, EntityNotFound, EntityStore
 from service.jobs.context import JobContext
 from service.jobs.model import Completion, PermanentFailure
 from service.jobs.registry import Processor
 
-JOB_TYPE = "ai-map-controls"
+JOB_TYPE = MAP_CONTROLS
+
+
+def _encode(matches: list[ControlMatchRow]) -> list[dict[str, Any]]:
+    return [
+        {"controlId": m.control_id, "confidence": m.confidence, "rationale": m.rationale}
+        for m in matches
+    ]
+
+
+def _decode(saved: Any) -> list[ControlMatchRow]:
+    return [ControlMatchRow(m["controlId"], m["confidence"], m["rationale"]) for m in saved]
+
+
+_CODEC: Codec[list[ControlMatchRow]] = Codec(_encode, _decode)
 
 
 def processor(deps: ProcessorDeps) -> Processor:
@@ -33,23 +55,43 @@ def processor(deps: ProcessorDeps) -> Processor:
             raise PermanentFailure("The control catalogue is empty; add controls first")
         size = deps.map_controls_batch_size
         batches = [controls[i : i + size] for i in range(0, len(controls), size)]
+        sections = split_document(document, deps.section_chars, deps.section_overlap_chars)
+        meter = deps.meter(ctx)
+        spent = Usage()
+
+        def analyse(section: DocumentText, number: int) -> Unit[list[ControlMatchRow]]:
+            batch = batches[number - 1]
+
+            async def call() -> list[ControlMatchRow]:
+                analysis = await deps.analyzer.map_controls(section, batch, meter)
+                spent.add(analysis.usage)
+                shown = {c.id for c in batch}
+                return [
+                    ControlMatchRow(m.control_id, m.confidence, m.rationale)
+                    for m in analysis.answer.mapped_controls
+                    if m.control_id in shown  # the model named a control it was not shown
+                ]
+
+            return Unit(f"section-{section.section}-batch-{number}", call)
+
+        # One group per section: its first batch writes the section to the prompt cache.
+        answers = await deps.run_calls(
+            ctx,
+            [[analyse(s, n) for n in range(1, len(batches) + 1)] for s in sections],
+            _CODEC,
+            Wording("batch", "batches"),
+            document.content,
+            deps.section_chars,
+            deps.section_overlap_chars,
+            [(c.id, c.code, c.title, c.description) for c in controls],
+            size,
+        )
         best: dict[int, ControlMatchRow] = {}
-        usage = Usage()
-        for number, batch in enumerate(batches, start=1):
-            await ctx.progress(
-                f"Analyzing batch {number} of {len(batches)}...", current=number, total=len(batches)
-            )
-            analysis = await deps.analyzer.map_controls(document, batch)
-            usage.add(analysis.usage)
-            in_batch = {c.id for c in batch}
-            for match in analysis.answer.mapped_controls:
-                if match.control_id not in in_batch:
-                    continue  # the model named a control it was not shown
+        for matches in answers.values():
+            for match in matches:
                 current = best.get(match.control_id)
                 if current is None or match.confidence > current.confidence:
-                    best[match.control_id] = ControlMatchRow(
-                        match.control_id, match.confidence, match.rationale
-                    )
+                    best[match.control_id] = match
         matches = sorted(best.values(), key=lambda m: (-m.confidence, m.control_id))
         job_id = ctx.job.id
 
@@ -60,12 +102,10 @@ def processor(deps: ProcessorDeps) -> Processor:
                 raise PermanentFailure(str(exc)) from exc
 
         result = {
-            "mappedControls": [
-                {"controlId": m.control_id, "confidence": m.confidence, "rationale": m.rationale}
-                for m in matches
-            ],
+            "mappedControls": _encode(matches),
             "batches": len(batches),
-            **analyzer_fields(deps, usage),
+            **({"sections": len(sections)} if len(sections) > 1 else {}),
+            **analyzer_fields(deps, JOB_TYPE, await deps.usage(ctx, spent)),
         }
         return Completion(
             result, apply, f"Mapped {len(matches)} controls in {len(batches)} batches"

@@ -1,0 +1,114 @@
+"""Who is asking: bearer JWTs as Supabase issues them (HS256, `sub`, `role`, `exp`).
+
+Every /api/ route needs a valid token, except the API description. The event stream also
+takes the token as `?access_token=`, since a browser's EventSource cannot set headers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+from aiohttp import web
+
+from service.api.errors import ApiError, Handler
+from service.api.state import SETTINGS
+
+ROLES = ("authenticated", "service_role")
+PUBLIC_PATHS = frozenset({"/api/openapi.json"})
+REALM = 'Bearer realm="aijobs"'
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller: their user id (`sub`), their role, and the claims as they came."""
+
+    user_id: str
+    role: str
+    claims: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sees_all(self) -> bool:
+        return self.role == "service_role"
+
+
+DEV_IDENTITY = Identity("dev", "service_role", {"sub": "dev", "role": "service_role"})
+IDENTITY_KEY = web.RequestKey("identity", Identity)
+
+
+def identity_of(request: web.Request) -> Identity:
+    return request[IDENTITY_KEY]
+
+
+def _unauthorized(message: str, *, invalid: bool = True) -> ApiError:
+    challenge = REALM
+    if invalid:
+        challenge += f', error="invalid_token", error_description="{message}"'
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": challenge})
+
+
+def _token_of(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("The Authorization header must be 'Bearer <token>'")
+        return token.strip()
+    if request.path.endswith("/events"):
+        return request.query.get("access_token") or None
+    return None
+
+
+def verify_token(token: str, secret: str) -> Identity:
+    """The identity a token proves; raises ApiError 401 (or 403 for a role we do not serve)."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            options={"require": ["exp", "sub"], "verify_aud": False},
+        )
+    except jwt.ExpiredSignatureError:
+        raise _unauthorized("The token has expired") from None
+    except jwt.InvalidTokenError as exc:
+        raise _unauthorized(f"The token is not valid: {exc}") from None
+    role = claims.get("role", "authenticated")
+    if role not in ROLES:
+        raise ApiError(403, "forbidden", f"Tokens of role {role!r} may not use this API")
+    sub = claims["sub"]
+    if not isinstance(sub, str) or not sub:
+        raise _unauthorized("The token's sub must be a non-empty string")
+    return Identity(sub, role, claims)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
+        settings = request.app[SETTINGS]
+        token = _token_of(request)
+        if settings.jwt_secret is None:
+            # Only reachable with --insecure-dev-auth: the API refuses to start otherwise.
+            request[IDENTITY_KEY] = DEV_IDENTITY
+        elif token is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "Send 'Authorization: Bearer <token>'",
+                {"WWW-Authenticate": REALM},
+            )
+        else:
+            request[IDENTITY_KEY] = verify_token(token, settings.jwt_secret)
+    return await handler(request)
+
+
+def mint_token(secret: str, user_id: str, role: str = "authenticated", ttl_s: int = 3600) -> str:
+    """A token for `user_id`, as Supabase would issue it (for the demo and tests)."""
+    import time
+
+    now = int(time.time())
+    return jwt.encode(
+        {"sub": user_id, "role": role, "iat": now, "exp": now + ttl_s, "aud": "authenticated"},
+        secret,
+        algorithm="HS256",
+    )
