@@ -37,7 +37,7 @@ class LeaseLost(Exception):
 class JobReader:
     """Reads of jobs on one connection, inside a transaction that may scope them to a user."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection | asyncpg.Pool) -> None:
         self._conn = conn
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
@@ -132,20 +132,8 @@ class JobStore:
         return Job.from_record(row) if row else None
 
     async def get(self, job_id: uuid.UUID) -> Job | None:
-        row = await self.pool.fetchrow(Q.get_job, job_id)
-        return Job.from_record(row) if row else None
-
-    async def list_jobs(
-        self,
-        *,
-        status: str | None = None,
-        job_type: str | None = None,
-        entity_id: int | None = None,
-        created_by: str | None = None,
-        limit: int = 50,
-    ) -> list[Job]:
-        rows = await self.pool.fetch(Q.list_jobs, status, job_type, entity_id, created_by, limit)
-        return [Job.from_record(r) for r in rows]
+        """The job, read with the service's own rights."""
+        return await JobReader(self.pool).get(job_id)
 
     # -- the worker's side --------------------------------------------------------------
 
