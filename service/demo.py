@@ -66,7 +66,8 @@ async def run(settings: Settings, host: str, port: int, *, serve_after: bool) ->
                 base = f"http://{host}:{port}"
                 ok = await _dispatch_and_watch(base, ids, token)
                 _say()
-                _say(f"API: {base}   (jobs page: {base}/)")
+                _say(f"API: {base}")
+                _say(f"Jobs page, signed in: {base}/#access_token={token}")
                 _say(f"A token for user {DEMO_USER!r}, valid for 24 hours:")
                 _say(f"  export TOKEN={token}")
                 auth = '-H "Authorization: Bearer $TOKEN"'
