@@ -359,3 +359,14 @@ async def test_secrets_and_document_text_stay_out_of_logs(
         "SELECT result::text, error_message FROM ai_jobs WHERE id = $1", done.id
     )
     assert api_key not in row["result"] and secret not in row["result"]
+
+
+async def test_odd_but_signed_tokens_get_401_with_a_well_formed_challenge(client: Client) -> None:
+    nul = bearer(jwt.encode(claims(sub="a\u0000b"), TEST_JWT_SECRET))
+    for method, path in (("GET", "/api/ai-jobs"), ("POST", "/api/requirements/1/ai-coverage")):
+        await error_of(await anonymous(client, method, path, nul), 401)
+    no_exp = bearer(jwt.encode({"sub": "a", "role": "authenticated"}, TEST_JWT_SECRET))
+    response = await anonymous(client, "GET", "/api/ai-jobs", no_exp)
+    challenge = response.headers["WWW-Authenticate"]
+    description = challenge.split('error_description="', 1)[1]
+    assert description.count('"') == 1 and description.endswith('"')

@@ -44,8 +44,20 @@ def identity_of(request: web.Request) -> Identity:
 def _unauthorized(message: str, *, invalid: bool = True) -> ApiError:
     challenge = REALM
     if invalid:
-        challenge += f', error="invalid_token", error_description="{message}"'
+        # RFC 6750 allows neither quotes nor backslashes inside the quoted description.
+        description = message.replace('"', "'").replace("\\", "/")
+        challenge += f', error="invalid_token", error_description="{description}"'
     return ApiError(401, "unauthorized", message, {"WWW-Authenticate": challenge})
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _token_of(request: web.Request) -> str | None:
@@ -73,6 +85,9 @@ def verify_token(token: str, secret: str) -> Identity:
         raise _unauthorized("The token has expired") from None
     except jwt.InvalidTokenError as exc:
         raise _unauthorized(f"The token is not valid: {exc}") from None
+    if _has_nul(claims):
+        # Postgres cannot hold it, and no issuer of ours puts it there.
+        raise _unauthorized("The token's claims contain a NUL character")
     role = claims.get("role", "authenticated")
     if role not in ROLES:
         raise ApiError(403, "forbidden", f"Tokens of role {role!r} may not use this API")

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 description of the HTTP API, served at /api/openapi.json.
 
-Written by hand, next to the handlers it describes; tests/test_openapi.py checks that every
-route is described and runs schemathesis against a live server to keep it true.
+The description is data kept here, beside the handlers it describes: tests/test_openapi.py
+checks that it covers every route, and runs schemathesis against a live server to keep it true.
 """
 
 from __future__ import annotations
@@ -420,7 +420,11 @@ def _components() -> dict[str, Any]:
             "Forbidden": _response("The token's role may not use this API", error),
             "NotFound": _response("No such entity or job", error),
             "Conflict": _response("It exists already", error),
-            "PayloadTooLarge": _response("The request body is too large", error),
+            "PayloadTooLarge": _response(
+                "The request body is larger than AIJOBS_MAX_BODY bytes (64 KiB by default), or "
+                "for a document AIJOBS_MAX_DOCUMENT_BODY bytes (2 MiB by default)",
+                error,
+            ),
             "TooManyRequests": _response(
                 "Too many requests; try again after Retry-After seconds",
                 error,
@@ -856,6 +860,14 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _in_order(paths: dict[str, Any]) -> dict[str, Any]:
+    """Each operation's responses by status code."""
+    for item in paths.values():
+        for operation in item.values():
+            operation["responses"] = dict(sorted(operation["responses"].items()))
+    return paths
+
+
 def _version() -> str:
     try:
         return metadata.version("aijobs")
@@ -890,7 +902,7 @@ def build_document() -> dict[str, Any]:
                 "operations",
             )
         ],
-        "paths": _paths(),
+        "paths": _in_order(_paths()),
         "components": _components(),
     }
 
