@@ -80,11 +80,14 @@ async def test_batches_run_at_once_after_the_first_and_progress_counts_finished_
     assert first.answered_at is not None
     assert all(r.received_at >= first.answered_at for r in rest)
     assert max(r.received_at for r in rest) < min(r.answered_at or 0 for r in rest)
-    # Progress is truthful: it counts batches that finished, in order, never ahead.
+    # Progress is truthful: each batch is announced as it starts, and the count is of the
+    # batches that finished, in order, never ahead.
     assert await progress_log(pool, job_id) == [
         ("Starting...", None, None),
         ("Analyzing batch 1 of 4...", 0, 4),
-        *[(f"Analyzed {n} of 4 batches", n, 4) for n in range(1, 5)],
+        ("Analyzed 1 of 4 batches", 1, 4),
+        *[(f"Analyzing batch {n} of 4...", 1, 4) for n in range(2, 5)],
+        *[(f"Analyzed {n} of 4 batches", n, 4) for n in range(2, 5)],
     ]
     assert job.progress_current == job.progress_total == 4
     mapped = {c["controlId"] for c in job.result["mappedControls"]}

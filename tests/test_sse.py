@@ -157,13 +157,15 @@ async def test_a_multi_batch_job_on_the_wire(
     assert [m for m in messages if m and m.startswith("Analyz")] == [
         "Analyzing batch 1 of 3...",
         "Analyzed 1 of 3 batches",
+        "Analyzing batch 2 of 3...",
+        "Analyzing batch 3 of 3...",
         "Analyzed 2 of 3 batches",
         "Analyzed 3 of 3 batches",
     ]
     assert messages == [None] + [r["progress_message"] for r in logged]
-    assert [job["status"] for _, job in events] == ["pending"] + ["processing"] * 5 + ["completed"]
+    assert [job["status"] for _, job in events] == ["pending"] + ["processing"] * 7 + ["completed"]
     progress = [job["progress"] for _, job in events if job["status"] == "processing"]
-    assert progress[1:] == [{"current": n, "total": 3} for n in (0, 1, 2, 3)]
+    assert progress[1:] == [{"current": n, "total": 3} for n in (0, 1, 1, 1, 2, 3)]
     # The last event is the final job, result and all, exactly as a GET shows it.
     _, final = events[-1]
     assert final == await get_json(client, f"/api/ai-jobs/{job_id}")

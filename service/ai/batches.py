@@ -11,7 +11,8 @@ each result checkpointed on the job row as it arrives.
   When it still fails, no more calls start, those in flight finish and are checkpointed, and
   the failure ends the attempt: the job's next attempt (backoff, retry-after) runs only the
   calls that are missing, as does an attempt after a crash or a lost lease.
-- Progress counts finished calls: "Analyzed 3 of 8 batches".
+- Progress says which call starts ("Analyzing batch 4 of 8...") and counts finished calls
+  ("Analyzed 3 of 8 batches"): with calls in parallel, the bar shows what is done.
 
 A job of a single call is run as it always was: no checkpoint, and the job retries.
 """
@@ -89,6 +90,7 @@ class CallRunner(Generic[T]):
         self._failure: BaseException | None = None
         self._total = 0
         self._resumed = 0
+        self._numbers: dict[str, int] = {}
 
     @property
     def resumed(self) -> int:
@@ -105,15 +107,9 @@ class CallRunner(Generic[T]):
         self._resume({unit.key for unit in units})
         self._resumed = len(self._done)
         pending = [[u for u in group if u.key not in self._done] for group in groups]
-        first = next((i for i, u in enumerate(units, 1) if u.key not in self._done), None)
-        if first is None:
+        if all(unit.key in self._done for unit in units):
             return dict(self._done)
-        w = self._wording
-        await self._ctx.progress(
-            f"Analyzing {w.singular} {first} of {self._total}...",
-            current=len(self._done),
-            total=self._total,
-        )
+        self._numbers = {unit.key: i for i, unit in enumerate(units, 1)}
         semaphore = asyncio.Semaphore(self._parallel)
         async with asyncio.TaskGroup() as group_tasks:
             for group in pending:
@@ -150,6 +146,7 @@ class CallRunner(Generic[T]):
             async with semaphore:
                 if self._failure is not None:
                     return
+                await self._announce(unit)
                 result = await self._attempt(unit)
             await self._record(unit.key, result)
         except Exception as exc:
@@ -176,6 +173,16 @@ class CallRunner(Generic[T]):
                     retry=attempt,
                 )
                 await asyncio.sleep(delay)
+
+    async def _announce(self, unit: Unit[T]) -> None:
+        """"Analyzing batch 2 of 5..." as each call starts; the count is of finished calls."""
+        async with self._lock:
+            w = self._wording
+            await self._ctx.progress(
+                f"Analyzing {w.singular} {self._numbers[unit.key]} of {self._total}...",
+                current=len(self._done),
+                total=self._total,
+            )
 
     async def _record(self, key: str, result: T) -> None:
         async with self._lock:
