@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The benchmarks' own environment: the project plus PgQueuer (the peer they compare with) and
+# py-spy, which are not dependencies of the project.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
 
 .PHONY: demo test lint format chaos bench clean
 
@@ -27,8 +32,19 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix service tests bench
 	$(BIN)/ruff format service tests bench
 
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e . pgqueuer py-spy
+	touch $(BENCH_STAMP)
+
+# About 15 minutes on 2 cores; prints one table and writes it to bench/results/ (see
+# docs/performance.md). BENCH_ARGS="--runs 1 --only throughput" and the like narrow it.
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
 chaos: $(STAMP)
 	$(BIN)/pytest -q -s -m chaos -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .aijobs .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) .aijobs .mypy_cache .ruff_cache

@@ -42,7 +42,9 @@ RETURNING id, payload
 """
 COMPLETE = "UPDATE floor_jobs SET status = 2 WHERE id = $1"
 ENQUEUE_ONE = "INSERT INTO floor_jobs (payload) VALUES ($1) RETURNING id"
-ENQUEUE_RANGE = "INSERT INTO floor_jobs (payload) SELECT g::text FROM generate_series($1::bigint, $2::bigint) g"
+ENQUEUE_RANGE = """
+INSERT INTO floor_jobs (payload) SELECT g::text FROM generate_series($1::bigint, $2::bigint) g
+"""
 REMAINING = "SELECT count(*) FROM floor_jobs WHERE status < 2"
 
 Handler = Callable[[int, str | None], Awaitable[None]]

@@ -1,6 +1,7 @@
 """Where a worker's time goes: py-spy on an aijobs no-op drain, summarised.
 
     python -m bench.profile [--jobs 20000] [--concurrency 50] [--top 15]
+    python -m bench.profile --target api      # the API under bench/http_load.py's load
 
 Runs bench/throughput.py's drain with the worker under `py-spy record` twice: once for a
 flame graph (bench/results/profile.svg), once for the collapsed stacks
@@ -23,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import throughput
+from bench import http_load, throughput
 from bench.common import RESULTS, admin_dsn
 
 # "func (path/to/file.py:123)" in py-spy's collapsed output.
@@ -74,9 +75,7 @@ def summarise(collapsed: str, top: int = 15) -> dict[str, Any]:
         return {"samples": 0, "self": [], "total": []}
 
     def shares(counter: Counter[str]) -> list[dict[str, Any]]:
-        ranked = (
-            (name, n) for name, n in counter.most_common() if not _PLUMBING.search(name)
-        )
+        ranked = ((name, n) for name, n in counter.most_common() if not _PLUMBING.search(name))
         return [
             {"function": name, "pct": round(100 * n / samples, 1)}
             for name, n in itertools.islice(ranked, top)
@@ -119,6 +118,10 @@ def summarise_by_area(collapsed: str) -> list[dict[str, Any]]:
     ]
 
 
+def _make_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
 async def profile_drain(
     server_dsn: str, jobs: int, concurrency: int, out_dir: Path = RESULTS, top: int = 15
 ) -> dict[str, Any]:
@@ -126,7 +129,7 @@ async def profile_drain(
     spy = py_spy()
     if spy is None:
         return {"skipped": "py-spy is not installed (it comes with `make bench`)"}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(out_dir)
     svg = out_dir / "profile.svg"
     raw = out_dir / "profile.txt"
     base = [spy, "record", "--rate", "200"]
@@ -147,13 +150,38 @@ async def profile_drain(
     }
 
 
+async def profile_api(server_dsn: str, out_dir: Path = RESULTS, top: int = 15) -> dict[str, Any]:
+    """Profile `aijobs api` under bench/http_load.py's load (dispatch, poll, conditional
+    poll); writes api-profile.txt under `out_dir`."""
+    spy = py_spy()
+    if spy is None:
+        return {"skipped": "py-spy is not installed (it comes with `make bench`)"}
+    _make_dir(out_dir)
+    raw = out_dir / "api-profile.txt"
+    run = await http_load.measure(
+        server_dsn, profile=[spy, "record", "--rate", "200", "--format", "raw", "-o", str(raw)]
+    )
+    collapsed = raw.read_text()
+    return {
+        "what": f"aijobs api under HTTP load, {run['connections']} connections",
+        "rps_under_profiler": {
+            name: run[f"{name}_aijobs"]["rps"] for name in ("dispatch", "poll", "poll_conditional")
+        },
+        "raw": str(raw),
+        **summarise(collapsed, top),
+        "areas": summarise_by_area(collapsed),
+    }
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     if "skipped" in summary:
         return f"profile skipped: {summary['skipped']}"
+    what = summary.get("what") or (
+        f"aijobs no-op drain, {summary['jobs']} jobs at concurrency {summary['concurrency']}"
+    )
+    where = f"flame graph: {summary['svg']}" if "svg" in summary else summary.get("raw", "")
     lines = [
-        f"py-spy: aijobs no-op drain, {summary['jobs']} jobs at concurrency "
-        f"{summary['concurrency']}, {summary['samples']} samples of the worker on CPU "
-        f"(flame graph: {summary['svg']})",
+        f"py-spy: {what}, {summary['samples']} samples on CPU ({where})",
         "",
         "self time (the function itself):",
         *(f"  {row['pct']:5.1f}%  {row['function']}" for row in summary["self"]),
@@ -173,8 +201,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--target", choices=("worker", "api"), default="worker", help="what to profile"
+    )
     args = parser.parse_args()
-    summary = asyncio.run(profile_drain(admin_dsn(), args.jobs, args.concurrency, top=args.top))
+    if args.target == "api":
+        summary = asyncio.run(profile_api(admin_dsn(), top=args.top))
+    else:
+        summary = asyncio.run(profile_drain(admin_dsn(), args.jobs, args.concurrency, top=args.top))
     print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
 
 

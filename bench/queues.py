@@ -72,7 +72,7 @@ async def enqueue_batches(system: str, dsn: str, jobs: int, batch: int) -> None:
     # PgQueuer encodes its own JSON: no codecs of ours on its connection.
     conn = await (asyncpg.connect(dsn) if system == "pgqueuer" else connect(dsn))
     try:
-        queries = _pgqueuer_queries(conn) if system == "pgqueuer" else None
+        queries: Any = _pgqueuer_queries(conn) if system == "pgqueuer" else None
         for first in range(1, jobs + 1, batch):
             last = min(first + batch - 1, jobs)
             if system == "aijobs":
@@ -92,7 +92,7 @@ class Enqueuer:
     def __init__(self, system: str, conn: asyncpg.Connection) -> None:
         self.system = system
         self._conn = conn
-        self._queries = _pgqueuer_queries(conn) if system == "pgqueuer" else None
+        self._queries: Any = _pgqueuer_queries(conn) if system == "pgqueuer" else None
         self._next_entity = 0
 
     async def one(self) -> str:

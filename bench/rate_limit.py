@@ -138,6 +138,8 @@ async def run_once(
             "completed": sum(1 for r in rows if r["status"] == "completed"),
             "attempts_mean": round(statistics.mean(attempts), 2),
             "attempts_max": max(attempts),
+            # Jobs that, with the default of 5 attempts, would have failed instead.
+            "over_default_attempts": sum(1 for a in attempts if a > 5),
         }
 
 

@@ -55,7 +55,9 @@ WITH r AS (
 INSERT INTO requirement_mappings (requirement_id, document_id)
 SELECT r.id, d.id FROM r, d
 """
-_ENQUEUE_ALL = "INSERT INTO ai_jobs (job_type, entity_id) SELECT 'ai-match', id FROM requirement_mappings"
+_ENQUEUE_ALL = """
+INSERT INTO ai_jobs (job_type, entity_id) SELECT 'ai-match', id FROM requirement_mappings
+"""
 _FINISHED = """
 SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
        count(*) FILTER (WHERE status = 'failed') AS failed

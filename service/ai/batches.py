@@ -175,7 +175,8 @@ class CallRunner(Generic[T]):
                 await asyncio.sleep(delay)
 
     async def _announce(self, unit: Unit[T]) -> None:
-        """"Analyzing batch 2 of 5..." as each call starts; the count is of finished calls."""
+        """Announce a call as it starts ("Analyzing batch 2 of 5..."); the count is of
+        finished calls."""
         async with self._lock:
             w = self._wording
             await self._ctx.progress(
