@@ -33,6 +33,16 @@ CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release, a round trip per checkout.
+
+    It would undo session state, and we leave none: settings are transaction-local
+    (set_config(..., true)), advisory locks are transaction locks or released in a finally,
+    and LISTEN runs on dedicated connections outside the pool. An open transaction is still
+    rolled back by asyncpg before release.
+    """
+
+
 async def create_pool(
     dsn: str, min_size: int = 2, max_size: int = 10, application_name: str = "aijobs"
 ) -> asyncpg.Pool:
@@ -41,6 +51,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=init_connection,
+        reset=_no_reset,
         timeout=CONNECT_TIMEOUT_S,
         command_timeout=COMMAND_TIMEOUT_S,
         server_settings={"application_name": application_name},

@@ -93,7 +93,7 @@ async def _run(
     job_log = log.bind()
     started = time.monotonic()
     outcome = _Outcome(started)
-    job_log.info("job_started", entity_id=job.entity_id, max_attempts=job.max_attempts)
+    job_log.debug("job_started", entity_id=job.entity_id, max_attempts=job.max_attempts)
     job_type = registry.get(job.job_type)
     timeout_s = job_type.timeout_s if job_type else None
     try:
