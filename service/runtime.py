@@ -27,6 +27,7 @@ from service.jobs.actor import RetryPolicy
 from service.jobs.store import JobStore
 from service.jobs.worker import Worker, WorkerOptions
 from service.logs import get_logger
+from service.metrics import Metrics
 from service.ops import ops_routes
 
 log = get_logger(__name__)
@@ -80,7 +81,7 @@ def rate_limiter(settings: Settings, pool: asyncpg.Pool | None) -> RateLimiter |
 
 @contextlib.asynccontextmanager
 async def analyzer_for(
-    settings: Settings, pool: asyncpg.Pool | None = None
+    settings: Settings, pool: asyncpg.Pool | None = None, metrics: Metrics | None = None
 ) -> AsyncIterator[Analyzer]:
     if settings.anthropic_api_key:
         client = create_client(
@@ -93,7 +94,7 @@ async def analyzer_for(
             for t in JOB_TYPES
         }
         try:
-            yield ClaudeAnalyzer(client, configs, rate_limiter(settings, pool))
+            yield ClaudeAnalyzer(client, configs, rate_limiter(settings, pool), metrics)
         finally:
             await client.close()
     else:
@@ -128,7 +129,8 @@ def stop_on_signals() -> asyncio.Event:
 async def running_worker(
     settings: Settings, dsn: str, pool: asyncpg.Pool, concurrency: int | None = None
 ) -> AsyncIterator[Worker]:
-    async with analyzer_for(settings, pool) as analyzer:
+    metrics = Metrics()
+    async with analyzer_for(settings, pool, metrics) as analyzer:
         deps = ProcessorDeps(
             analyzer,
             EntityStore(pool),
@@ -146,6 +148,7 @@ async def running_worker(
             JobStore(pool),
             build_registry(deps, {t: settings.timeout_for(t) for t in JOB_TYPES}),
             worker_options(settings, concurrency),
+            metrics=metrics,
         )
         await worker.start()
         http = await _serve_worker_ops(settings, pool, worker)

@@ -16,7 +16,7 @@ from service.jobs.retention import Pruner
 from service.jobs.store import JobStore
 from service.runtime import running_worker
 from tests.conftest import DOCUMENT, make_settings, seed_controls, wait_for_job, wait_until
-from tests.fake_anthropic import FakeAnthropic
+from tests.fake_anthropic import Error, FakeAnthropic
 from tests.tcp_proxy import TcpProxy
 from tests.test_api_jobs import make_mapping
 
@@ -275,6 +275,9 @@ async def test_worker_metrics_and_health(
         second = await jobs.enqueue("ai-map-controls", doc["id"])
         await wait_for_job(jobs, first.id)
         await wait_for_job(jobs, second.id)
+        fake.enqueue(Error(529))
+        third = await jobs.enqueue("ai-coverage", mapping["requirement_id"])
+        await wait_for_job(jobs, third.id)
         _, after = await scrape(worker.http_port)
         assert sample(after, "aijobs_jobs_started_total", '{job_type="ai-match"}') == 1
         assert sample(after, "aijobs_jobs_completed_total", '{job_type="ai-match"}') == 1
@@ -282,6 +285,17 @@ async def test_worker_metrics_and_health(
         assert sample(after, "aijobs_job_duration_seconds_count", '{job_type="ai-match"}') == 1
         assert sample(after, "aijobs_job_queue_wait_seconds_count", '{job_type="ai-match"}') == 1
         assert "aijobs_jobs_in_flight 0.0" in after
+        calls = sum(
+            float(line.split()[-1])
+            for line in after.splitlines()
+            if line.startswith("aijobs_anthropic_calls_total{")
+        )
+        # Every request answered 200 is a call; the 529 is an error.
+        assert calls == fake.count(200) >= 3
+        assert sample(after, "aijobs_anthropic_tokens_total", '{kind="input"}') > 0
+        assert sample(after, "aijobs_anthropic_tokens_total", '{kind="output"}') > 0
+        assert sample(after, "aijobs_anthropic_errors_total", '{status="529"}') == 1
+        assert sample(after, "aijobs_jobs_retried_total", '{job_type="ai-coverage"}') == 1
         assert "aijobs_listener_reconnects_total 0.0" in after
         assert await scrape(worker.http_port, "/healthz") == (200, '{"status":"ok"}')
         assert await scrape(worker.http_port, "/readyz") == (200, '{"status":"ready"}')

@@ -32,6 +32,7 @@ from service.ai.errors import translate
 from service.ai.ratelimit import RateLimiter, Reservation
 from service.ai.schemas import ControlMappingBatch, CoverageAssessment, MatchAssessment
 from service.jobs.model import PermanentFailure, RetryLater
+from service.metrics import Metrics
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -90,10 +91,12 @@ class ClaudeAnalyzer:
         client: anthropic.AsyncAnthropic,
         configs: Mapping[str, CallConfig],
         limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._client = client
         self._configs = configs
         self._limiter = limiter
+        self._metrics = metrics
 
     def model_for(self, job_type: str) -> str | None:
         return self._configs[job_type].model
@@ -236,9 +239,11 @@ class ClaudeAnalyzer:
             )
             message = await raw.parse()
         except (anthropic.APIResponseValidationError, json.JSONDecodeError) as exc:
+            self._count_error("unreadable")
             # A garbled response is the transport's fault, not the model's: try again later.
             raise RetryLater(f"The Anthropic API sent a response we could not read: {exc}") from exc
         except anthropic.APIStatusError as exc:
+            self._count_error(str(exc.status_code))
             outcome = translate(exc)
             if reservation is not None and self._limiter is not None:
                 await self._limiter.rejected(
@@ -249,13 +254,26 @@ class ClaudeAnalyzer:
                 )
             raise outcome from exc
         except anthropic.AnthropicError as exc:
+            self._count_error("0")
             # Timed out or never connected: what the call took stays taken, to be safe.
             raise translate(exc) from exc
         if not isinstance(message, Message):
             raise RetryLater("The Anthropic API answered with a stream we did not ask for")
+        usage = _usage_of(message)
+        if self._metrics is not None:
+            self._metrics.anthropic_calls.labels(config.model).inc()
+            tokens = self._metrics.anthropic_tokens
+            tokens.labels("input").inc(usage.input_tokens)
+            tokens.labels("output").inc(usage.output_tokens)
+            tokens.labels("cache_read").inc(usage.cache_read_input_tokens)
+            tokens.labels("cache_creation").inc(usage.cache_creation_input_tokens)
         if reservation is not None and self._limiter is not None:
-            await self._limiter.answered(reservation, _usage_of(message), raw.headers)
+            await self._limiter.answered(reservation, usage, raw.headers)
         return message
+
+    def _count_error(self, status: str) -> None:
+        if self._metrics is not None:
+            self._metrics.anthropic_errors.labels(status).inc()
 
 
 def _usage_of(response: Message) -> Usage:
