@@ -226,7 +226,7 @@ class Settings:
             raise ConfigError(
                 f"AIJOBS_LOG_FORMAT must be auto, json or console, not {log_format!r}"
             )
-        return cls(
+        settings = cls(
             database_url=_str(e, "DATABASE_URL"),
             data_dir=Path(e.get("AIJOBS_DATA_DIR") or defaults.data_dir),
             pool_min_size=_int(e, "AIJOBS_POOL_MIN_SIZE", defaults.pool_min_size, 0),
@@ -313,3 +313,9 @@ class Settings:
             log_level=(e.get("AIJOBS_LOG_LEVEL") or defaults.log_level).lower(),
             log_format=log_format,
         )
+        if settings.heartbeat_s >= settings.lease_s / 2:
+            raise ConfigError(
+                f"AIJOBS_HEARTBEAT ({settings.heartbeat_s:g} s) must be under half of "
+                f"AIJOBS_LEASE ({settings.lease_s:g} s), or leases run out between renewals"
+            )
+        return settings

@@ -131,4 +131,6 @@ async def test_list_jobs_filters_newest_first(client: Client, entities: EntitySt
     assert await (await client.get("/api/ai-jobs?status=completed")).json() == []
     await error_of(await client.get("/api/ai-jobs?status=done"), 400)
     await error_of(await client.get("/api/ai-jobs?limit=0"), 400)
+    await error_of(await client.get("/api/ai-jobs?limit=--5"), 400)
+    await error_of(await client.get("/api/ai-jobs?entityId=1e3"), 400)
     await error_of(await client.get("/api/ai-jobs?jobType=ai-nothing"), 400)

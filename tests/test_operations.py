@@ -174,8 +174,10 @@ async def test_retry_and_cancel_from_psql(
         attempts=5,
         finished_at=await pool.fetchval("SELECT now()"),
     )
-    code, out, err = await psql(dsn, f"SELECT status, attempts FROM ai_jobs_retry('{failed}')")
-    assert (code, out) == (0, "pending|0"), err
+    code, out, err = await psql(
+        dsn, f"SELECT status, attempts, max_attempts FROM ai_jobs_retry('{failed}')"
+    )
+    assert (code, out) == (0, "pending|5|10"), err
     code, out, err = await psql(dsn, f"SELECT status FROM ai_jobs_retry('{failed}')")
     assert code != 0 and "has not failed" in err
     code, out, err = await psql(dsn, f"SELECT id FROM ai_jobs_retry('{uuid.uuid4()}')")

@@ -332,3 +332,29 @@ async def test_sigterm_hands_running_jobs_back_and_loses_none(
         assert await successor.wait() == 0
     assert {(j.status, j.attempts) for j in done} == {("completed", 1)}
     assert await pool.fetchval("SELECT count(*) FROM test_match_writes") == 5
+
+
+async def test_a_job_reclaimed_by_the_same_worker_runs_once_in_effect(
+    dsn: str, pool: asyncpg.Pool, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    """The lease of a running job ran out (the database was away, say) and the worker's own
+    reaper and dispatcher took the job again: the earlier actor stops, the new one finishes."""
+    await count_match_writes(pool)
+    mapping = await make_mapping(entities)
+    settings = make_settings(dsn, fake.url, lease_s=4.0, heartbeat_s=1.0)
+    fake.enqueue(Delay(30), Delay(1.5))
+    async with running_worker(settings, dsn, pool) as worker:
+        job = await jobs.enqueue("ai-match", mapping["id"], max_attempts=3)
+        await fake.wait_for_requests(1)
+        await pool.execute(
+            "UPDATE ai_jobs SET locked_until = now() - interval '1 second' WHERE id = $1", job.id
+        )
+        await fake.wait_for_requests(2, timeout=15)
+        # One actor runs the job, for the second attempt; the first no longer holds a slot.
+        assert worker.running_jobs == [job.id]
+        done = await wait_for_job(jobs, job.id)
+        assert worker.running_jobs == []
+    assert (done.status, done.attempts) == ("completed", 2)
+    assert await pool.fetchval("SELECT count(*) FROM test_match_writes") == 1
+    # The first attempt's model call was abandoned rather than awaited for 30 s.
+    assert fake.requests[0].status in (None, 0)

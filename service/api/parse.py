@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -119,7 +120,7 @@ def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isascii() or not raw.lstrip("-").isdigit():
+    if not re.fullmatch(r"-?[0-9]{1,19}", raw):
         raise bad_request(f"'{name}' must be an integer", "invalid_query")
     value = int(raw)
     if not lo <= value <= hi:

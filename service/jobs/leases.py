@@ -29,7 +29,7 @@ class Heartbeat(Periodic):
         worker_id: str,
         lease_s: float,
         interval_s: float,
-        running: Callable[[], list[uuid.UUID]],
+        running: Callable[[], list[tuple[uuid.UUID, int]]],
         on_lost: Callable[[uuid.UUID], None],
     ) -> None:
         super().__init__(interval_s)
@@ -40,11 +40,11 @@ class Heartbeat(Periodic):
         self._on_lost = on_lost
 
     async def tick(self) -> None:
-        ids = self._running()
-        if not ids:
+        running = self._running()
+        if not running:
             return
-        still_ours = await self._store.extend_leases(self._worker_id, ids, self._lease_s)
-        for job_id in ids:
+        still_ours = await self._store.extend_leases(self._worker_id, running, self._lease_s)
+        for job_id, _attempt in running:
             if job_id not in still_ours:
                 self._on_lost(job_id)
 

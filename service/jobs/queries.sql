@@ -114,10 +114,13 @@ SET status = 'pending',
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
 
 -- name: extend_leases
-UPDATE ai_jobs
+-- Fenced by the attempt too: a job reaped and claimed again is another actor's lease.
+UPDATE ai_jobs AS j
 SET locked_until = now() + make_interval(secs => $3)
-WHERE id = ANY($2::uuid[]) AND status = 'processing' AND locked_by = $1
-RETURNING id;
+FROM unnest($2::uuid[], $4::int[]) AS mine (id, attempts)
+WHERE j.id = mine.id AND j.attempts = mine.attempts
+  AND j.status = 'processing' AND j.locked_by = $1
+RETURNING j.id;
 
 -- name: reap_expired
 -- Jobs whose worker stopped renewing its lease: back to pending, or failed when out of

@@ -208,10 +208,16 @@ class JobStore:
         await self.pool.execute(Q.release_job, job.id, job.locked_by, job.attempts)
 
     async def extend_leases(
-        self, worker_id: str, job_ids: Sequence[uuid.UUID], lease_s: float
+        self, worker_id: str, running: Sequence[tuple[uuid.UUID, int]], lease_s: float
     ) -> set[uuid.UUID]:
-        """Renew the leases of our running jobs; returns the ids still ours."""
-        rows = await self.pool.fetch(Q.extend_leases, worker_id, list(job_ids), lease_s)
+        """Renew the leases of our running (job id, attempt)s; returns the ids still ours."""
+        rows = await self.pool.fetch(
+            Q.extend_leases,
+            worker_id,
+            [job_id for job_id, _ in running],
+            lease_s,
+            [attempt for _, attempt in running],
+        )
         return {r["id"] for r in rows}
 
     async def register_worker(self, worker: WorkerInfo) -> None:

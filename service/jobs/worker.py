@@ -79,6 +79,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._maybe_more = True
         self._actors: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # The attempt each actor runs: its lease is renewed for that attempt only.
+        self._attempts: dict[uuid.UUID, int] = {}
         self._stop_reasons: dict[object, str] = {}
         self._dispatcher: asyncio.Task[None] | None = None
         self.listener = Listener(
@@ -92,7 +94,7 @@ class Worker:
             self.worker_id,
             options.lease_s,
             options.heartbeat_s,
-            running=lambda: list(self._actors),
+            running=lambda: list(self._attempts.items()),
             on_lost=self._on_lease_lost,
         )
         self._reaper = Reaper(store, options.reap_interval_s, on_requeued=self.wake)
@@ -215,6 +217,9 @@ class Worker:
                 await self._wakeup.wait()
 
     def _spawn(self, job: Job) -> None:
+        # An actor of an earlier attempt may still run here (its lease ran out while the
+        # database was away, and we claimed the job again): it must stop writing.
+        self._stop_actor(job.id, StopReason.LEASE_LOST)
         self.metrics.jobs_started.labels(job.job_type).inc()
         if job.started_at is not None:
             waited = (job.started_at - job.run_after).total_seconds()
@@ -231,10 +236,13 @@ class Worker:
             name=f"actor:{job.id}",
         )
         self._actors[job.id] = task
+        self._attempts[job.id] = job.attempts
         task.add_done_callback(functools.partial(self._on_actor_done, job.id))
 
-    def _on_actor_done(self, job_id: uuid.UUID, _task: object) -> None:
-        self._actors.pop(job_id, None)
-        self._stop_reasons.pop(job_id, None)
+    def _on_actor_done(self, job_id: uuid.UUID, task: asyncio.Task[None]) -> None:
+        if self._actors.get(job_id) is task:
+            del self._actors[job_id]
+            self._attempts.pop(job_id, None)
+            self._stop_reasons.pop(job_id, None)
         if self._maybe_more:
             self._wakeup.set()
