@@ -370,3 +370,14 @@ async def test_odd_but_signed_tokens_get_401_with_a_well_formed_challenge(client
     challenge = response.headers["WWW-Authenticate"]
     description = challenge.split('error_description="', 1)[1]
     assert description.count('"') == 1 and description.endswith('"')
+
+
+async def test_a_verified_token_still_expires(client: Client) -> None:
+    soon = bearer(jwt.encode(claims(exp=int(time.time()) + 2), TEST_JWT_SECRET))
+    assert (await anonymous(client, "GET", "/api/ai-jobs", soon)).status == 200
+    assert (await anonymous(client, "GET", "/api/ai-jobs", soon)).status == 200  # remembered
+
+    async def refused() -> bool:
+        return (await anonymous(client, "GET", "/api/ai-jobs", soon)).status == 401
+
+    await wait_until(refused, within=10, interval=0.2)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import sys
 import uuid
@@ -470,7 +471,8 @@ async def test_aijobs_dispatch_then_watch(
 async def test_sse_fanout_bench_runs(databases: DatabaseFactory) -> None:
     figures = await measure(databases.admin_dsn, subscribers=20, updates=5, gap_ms=5)
     assert figures["subscribers"] == 20
-    assert figures["p50_ms"] >= 0
+    # A delivery can be seen a hair before the committing client resumes: no sign asserted.
+    assert math.isfinite(figures["p50_ms"])
     assert figures["rss_mb"] > 0
 
 

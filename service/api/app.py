@@ -10,7 +10,7 @@ from aiohttp import web
 
 from service.ai.dispatch import Dispatcher
 from service.api import entities, jobs, openapi, page, sse
-from service.api.auth import auth_middleware
+from service.api.auth import VERIFIED_TOKENS, VerifiedTokens, auth_middleware
 from service.api.errors import error_middleware
 from service.api.state import (
     DISPATCHER,
@@ -44,6 +44,7 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
     metrics = Metrics()
     app[METRICS] = metrics
     app[OPEN_STREAMS] = Counter()
+    app[VERIFIED_TOKENS] = VerifiedTokens()
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         owned = pool is None

@@ -6,6 +6,7 @@ takes the token as `?access_token=`, since a browser's EventSource cannot set he
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +98,32 @@ def verify_token(token: str, secret: str) -> Identity:
     return Identity(sub, role, claims)
 
 
+class VerifiedTokens:
+    """Tokens already verified, until they expire: a client polling with one token pays for
+    the HMAC and the claims' checks once, not on every request. Bounded: when full, it is
+    emptied and fills again."""
+
+    def __init__(self, max_size: int = 10_000) -> None:
+        self._max_size = max_size
+        self._known: dict[str, tuple[Identity, float]] = {}
+
+    def verify(self, token: str, secret: str) -> Identity:
+        known = self._known.get(token)
+        if known is not None:
+            identity, expires = known
+            if expires > time.time():
+                return identity
+            del self._known[token]
+        identity = verify_token(token, secret)
+        if len(self._known) >= self._max_size:
+            self._known.clear()
+        self._known[token] = (identity, float(identity.claims["exp"]))
+        return identity
+
+
+VERIFIED_TOKENS = web.AppKey("verified_tokens", VerifiedTokens)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
@@ -113,14 +140,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 {"WWW-Authenticate": REALM},
             )
         else:
-            request[IDENTITY_KEY] = verify_token(token, settings.jwt_secret)
+            request[IDENTITY_KEY] = request.app[VERIFIED_TOKENS].verify(token, settings.jwt_secret)
     return await handler(request)
 
 
 def mint_token(secret: str, user_id: str, role: str = "authenticated", ttl_s: int = 3600) -> str:
     """A token for `user_id`, as Supabase would issue it (for the demo and tests)."""
-    import time
-
     now = int(time.time())
     return jwt.encode(
         {"sub": user_id, "role": role, "iat": now, "exp": now + ttl_s, "aud": "authenticated"},
