@@ -37,6 +37,19 @@ from tests.test_api_jobs import make_mapping
 Client = TestClient[Any, Any]
 
 
+async def wait_answering(http: aiohttp.ClientSession, url: str) -> None:
+    """Wait until a server starting in another process answers `url` with 200."""
+
+    async def answering() -> bool:
+        try:
+            async with http.get(url) as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_until(answering, within=30, interval=0.2)
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -284,15 +297,7 @@ async def test_the_api_refuses_to_start_without_a_secret(dsn: str) -> None:
     )
     try:
         async with aiohttp.ClientSession() as http:
-
-            async def answering() -> bool:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/api/ai-jobs") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(answering, within=30, interval=0.2)
+            await wait_answering(http, f"http://127.0.0.1:{port}/api/ai-jobs")
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
@@ -333,15 +338,7 @@ async def test_secrets_and_document_text_stay_out_of_logs(
     try:
         async with aiohttp.ClientSession(headers=bearer(token)) as http:
             base = f"http://127.0.0.1:{port}"
-
-            async def answering() -> bool:
-                try:
-                    async with http.get(f"{base}/healthz") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(answering, within=30, interval=0.2)
+            await wait_answering(http, f"{base}/healthz")
             async with http.post(f"{base}/api/gap-analysis/ai-match/{mapping['id']}") as r:
                 job_id = (await r.json())["jobId"]
             async with http.get(f"{base}/api/ai-jobs/nope", headers=bearer("bad")) as r:
