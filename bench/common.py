@@ -240,6 +240,18 @@ class Child:
         return code
 
 
+async def port_answers(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 def report(event: str, **fields: Any) -> None:
     """One JSON line on stdout, for the parent's `Child.expect`."""
     sys.stdout.buffer.write(orjson.dumps({"event": event, **fields}) + b"\n")

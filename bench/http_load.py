@@ -40,6 +40,7 @@ from bench.common import (
     cpu_seconds,
     free_port,
     percentile,
+    port_answers,
     python,
     report,
     scratch_database,
@@ -281,14 +282,7 @@ async def _serve(argv: list[str], env: dict[str, str], port: int, label: str) ->
     async def answers() -> bool:
         if child.proc.returncode is not None:
             raise RuntimeError(f"{label} exited\n{child.log_tail()}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
+        return await port_answers(port)
 
     await wait_until(answers, 60, 0.05, label)
     return child

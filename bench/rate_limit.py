@@ -15,42 +15,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import statistics
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 
-from service.db.migrations import migrate
-from service.db.pool import connect, create_pool
+from bench.common import scratch_database
+from service.db.pool import create_pool
 from service.entities.store import EntityStore
 from service.jobs.store import JobStore
 from service.logs import configure_logging
 from tests.fake_anthropic import FakeAnthropic
-from tests.pg import DEFAULT_SERVER, with_database
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(admin_dsn: str) -> AsyncIterator[str]:
-    name = f"aijobs_bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        dsn = with_database(admin_dsn, name)
-        conn = await connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-        yield dsn
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+from tests.pg import DEFAULT_SERVER
 
 
 async def finished(pool: asyncpg.Pool) -> None:

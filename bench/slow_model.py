@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import time
@@ -29,6 +28,7 @@ from bench.common import (
     admin_dsn,
     cpu_seconds,
     free_port,
+    port_answers,
     proc_status_kb,
     python,
     scratch_database,
@@ -66,17 +66,7 @@ FROM ai_jobs
 
 
 async def _wait_for_port(port: int, within: float) -> None:
-    async def answers() -> bool:
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        return True
-
-    await wait_until(answers, within, 0.05, f"port {port}")
+    await wait_until(lambda: port_answers(port), within, 0.05, f"port {port}")
 
 
 async def measure(
