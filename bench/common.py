@@ -64,6 +64,15 @@ async def scratch_database(server_dsn: str, *, aijobs_schema: bool = True) -> As
             await admin.close()
 
 
+def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop a benchmark process runs on: "uvloop" (as `aijobs` runs) or "asyncio"."""
+    if name == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
 # -- statistics ---------------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.common import report
+from bench.common import event_loop_factory, report
 from bench.queues import AIJOBS_JOB_TYPE, PGQUEUER_ENTRYPOINT, SYSTEMS
 
 
@@ -47,20 +47,17 @@ Stop = Callable[[], Awaitable[None]]
 
 async def _start_aijobs(dsn: str, concurrency: int, tally: Tally, log_level: str) -> Stop:
     from service.config import Settings
-    from service.db.pool import create_pool
     from service.jobs.context import JobContext
     from service.jobs.model import Completion
     from service.jobs.registry import JobType
     from service.jobs.store import JobStore
     from service.jobs.worker import Worker
     from service.logs import configure_logging
-    from service.runtime import worker_options
+    from service.runtime import create_worker_pool, worker_options
 
     settings = Settings(database_url=dsn, log_level=log_level)
     configure_logging(settings.log_level, "json")
-    pool = await create_pool(
-        dsn, settings.pool_min_size, settings.pool_max_size, "aijobs-bench-worker"
-    )
+    pool = await create_worker_pool(settings, dsn, "aijobs-bench-worker")
 
     async def noop(ctx: JobContext) -> Completion:
         tally.started(ctx.job.id)
@@ -167,7 +164,15 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=0, help="PgQueuer's dequeue batch (default N/2)"
     )
-    asyncio.run(run(parser.parse_args()))
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop, the same for every system (uvloop: what `aijobs worker` runs on)",
+    )
+    args = parser.parse_args()
+    with asyncio.Runner(loop_factory=event_loop_factory(args.loop)) as runner:
+        runner.run(run(args))
 
 
 if __name__ == "__main__":

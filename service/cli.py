@@ -7,11 +7,29 @@ import asyncio
 import dataclasses
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from service import watch
 from service.config import JOB_TYPES, ConfigError, Settings
 from service.logs import configure_logging
+
+T = TypeVar("T")
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed: its sockets and callbacks cost the worker and the API
+    less CPU per round trip than asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+        return runner.run(main)
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:
@@ -104,8 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("watch", "dispatch"):
         try:
             if args.command == "watch":
-                return asyncio.run(watch.watch(args.url, args.job_id, token=args.token))
-            return asyncio.run(
+                return _run(watch.watch(args.url, args.job_id, token=args.token))
+            return _run(
                 watch.dispatch(
                     args.url,
                     args.job_type,
@@ -120,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command in ("stats", "jobs"):
         configure_logging("warning", settings.log_format)
-        print(asyncio.run(_report(settings, args)))
+        print(_run(_report(settings, args)))
         return 0
     if args.command == "demo":
         from service import demo
@@ -128,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(
             "warning" if settings.log_level == "info" else settings.log_level, settings.log_format
         )
-        return asyncio.run(demo.run(settings, args.host, args.port, serve_after=not args.exit))
+        return _run(demo.run(settings, args.host, args.port, serve_after=not args.exit))
 
     configure_logging(settings.log_level, settings.log_format)
     from service import runtime
@@ -143,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 applied = await runtime.run_migrations(dsn)
                 print(f"applied migrations {applied}" if applied else "migrations up to date")
 
-        asyncio.run(_migrate())
+        _run(_migrate())
         return 0
     run_api = args.command in ("api", "serve")
     run_worker = args.command in ("worker", "serve")
@@ -155,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    asyncio.run(
+    _run(
         runtime.serve(
             settings,
             api=run_api,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +72,16 @@ def _fraction(env: Mapping[str, str], name: str, default: float, maximum: float)
     return value
 
 
+SYNCHRONOUS_COMMIT_LEVELS = ("on", "off", "local", "remote_write", "remote_apply")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: Sequence[str]) -> str:
+    value = env.get(name) or default
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
 def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = (env.get(name) or "").lower()
     if not raw:
@@ -121,6 +131,12 @@ class Settings:
     data_dir: Path = Path(".aijobs")
     pool_min_size: int = 2
     pool_max_size: int = 10
+    # Postgres' synchronous_commit for the worker's connections. "off": a worker's commit
+    # returns before its WAL reaches the disk. A crash of Postgres itself may then undo the
+    # last fraction of a second of claims, progress and outcomes; each undone write is redone
+    # (the lease runs out and the job runs again), and an effect is undone with the completion
+    # it commits with. Dispatch, in the API, always commits synchronously.
+    worker_synchronous_commit: str = "off"
 
     # Claude. No key: the offline analyzer answers.
     anthropic_api_key: str | None = field(default=None, repr=False)
@@ -231,6 +247,12 @@ class Settings:
             data_dir=Path(e.get("AIJOBS_DATA_DIR") or defaults.data_dir),
             pool_min_size=_int(e, "AIJOBS_POOL_MIN_SIZE", defaults.pool_min_size, 0),
             pool_max_size=_int(e, "AIJOBS_POOL_MAX_SIZE", defaults.pool_max_size, 1),
+            worker_synchronous_commit=_choice(
+                e,
+                "AIJOBS_WORKER_SYNCHRONOUS_COMMIT",
+                defaults.worker_synchronous_commit,
+                SYNCHRONOUS_COMMIT_LEVELS,
+            ),
             anthropic_api_key=_str(e, "ANTHROPIC_API_KEY"),
             anthropic_base_url=_str(e, "ANTHROPIC_BASE_URL"),
             model=e.get("AIJOBS_MODEL") or defaults.model,

@@ -102,6 +102,19 @@ async def analyzer_for(
         yield OfflineAnalyzer(settings.offline_delay_s)
 
 
+async def create_worker_pool(
+    settings: Settings, dsn: str, application_name: str = "aijobs-worker"
+) -> asyncpg.Pool:
+    """The pool a worker runs its jobs on, with the worker's synchronous_commit."""
+    return await create_pool(
+        dsn,
+        settings.pool_min_size,
+        settings.pool_max_size,
+        application_name,
+        synchronous_commit=settings.worker_synchronous_commit,
+    )
+
+
 def worker_options(settings: Settings, concurrency: int | None = None) -> WorkerOptions:
     return WorkerOptions(
         concurrency=concurrency or settings.concurrency,
@@ -213,18 +226,30 @@ async def serve(
     async with database(settings) as dsn:
         await run_migrations(dsn)
         role = "serve" if api and worker else "api" if api else "worker"
+        # The worker's commits may be asynchronous (see Settings.worker_synchronous_commit);
+        # the API's follow the server's setting, so that a 202 is as durable as the server
+        # makes any commit. In `serve`, each has a pool of its own.
         pool = await create_pool(
-            dsn, settings.pool_min_size, settings.pool_max_size, f"aijobs-{role}"
+            dsn,
+            settings.pool_min_size,
+            settings.pool_max_size,
+            f"aijobs-{role}",
+            synchronous_commit=None if api else settings.worker_synchronous_commit,
         )
+        worker_pool = pool
+        if api and worker:
+            worker_pool = await create_worker_pool(settings, dsn, "aijobs-serve-worker")
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if worker:
                     await stack.enter_async_context(
-                        running_worker(settings, dsn, pool, concurrency)
+                        running_worker(settings, dsn, worker_pool, concurrency)
                     )
                 if api:
                     await stack.enter_async_context(running_api(settings, dsn, host, port, pool))
                 await stop.wait()
                 log.info("shutdown_requested")
         finally:
+            if worker_pool is not pool:
+                await worker_pool.close()
             await pool.close()

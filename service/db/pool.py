@@ -44,8 +44,18 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, min_size: int = 2, max_size: int = 10, application_name: str = "aijobs"
+    dsn: str,
+    min_size: int = 2,
+    max_size: int = 10,
+    application_name: str = "aijobs",
+    *,
+    synchronous_commit: str | None = None,
 ) -> asyncpg.Pool:
+    """A pool of connections; `synchronous_commit` sets Postgres' setting of that name for
+    every one of them (None: the server's default)."""
+    server_settings = {"application_name": application_name}
+    if synchronous_commit is not None:
+        server_settings["synchronous_commit"] = synchronous_commit
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -54,7 +64,7 @@ async def create_pool(
         reset=_no_reset,
         timeout=CONNECT_TIMEOUT_S,
         command_timeout=COMMAND_TIMEOUT_S,
-        server_settings={"application_name": application_name},
+        server_settings=server_settings,
     )
     assert pool is not None
     return pool

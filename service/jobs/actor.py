@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 
+from service.jobs.completer import Completer
 from service.jobs.context import JobContext
 from service.jobs.model import Job, PermanentFailure, RetryLater
 from service.jobs.registry import Registry
@@ -56,13 +58,20 @@ class StopReason:
 async def run_actor(
     job: Job,
     store: JobStore,
+    completer: Completer,
     registry: Registry,
     retry_policy: RetryPolicy,
     stop_reasons: dict[object, str],
     metrics: Metrics,
+    processed: Callable[[], None] = lambda: None,
 ) -> None:
-    """Run `job` and write its outcome. Never raises, except CancelledError."""
-    outcome = await _run(job, store, registry, retry_policy, stop_reasons)
+    """Run `job` and write its outcome. Never raises, except CancelledError.
+
+    `processed` is called once the processor has returned or raised, before the outcome is
+    written: from then on the actor only waits for the database, and its slot can go to the
+    next job.
+    """
+    outcome = await _run(job, store, completer, registry, retry_policy, stop_reasons, processed)
     kind = job.job_type
     metrics.job_duration.labels(kind).observe(time.monotonic() - outcome.started)
     counter = {
@@ -83,10 +92,14 @@ class _Outcome:
 async def _run(
     job: Job,
     store: JobStore,
+    completer: Completer,
     registry: Registry,
     retry_policy: RetryPolicy,
     stop_reasons: dict[object, str],
+    processed: Callable[[], None],
 ) -> _Outcome:
+    # The actor is a task of its own: what it binds lives in its copy of the context and
+    # goes with it.
     structlog.contextvars.bind_contextvars(
         job_id=str(job.id), job_type=job.job_type, attempt=job.attempts
     )
@@ -107,7 +120,9 @@ async def _run(
             raise RetryLater(
                 f"The job did not finish within its {timeout_s:.0f} s time limit", kind="timeout"
             ) from None
-        await store.complete(job, completion.result, completion.message, completion.apply)
+        finally:
+            processed()
+        await completer.complete(job, completion.result, completion.message, completion.apply)
         job_log.info("job_completed", duration_s=round(time.monotonic() - started, 3))
         outcome.name = "completed"
     except RetryLater as exc:
@@ -137,8 +152,6 @@ async def _run(
             job_log,
         )
         outcome.name = "failed"
-    finally:
-        structlog.contextvars.unbind_contextvars("job_id", "job_type", "attempt")
     return outcome
 
 

@@ -81,6 +81,33 @@ SET status = 'completed',
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
 RETURNING *;
 
+-- name: complete_without_effect
+-- Many completions in one statement (see Completer): $1..$5 are parallel arrays of job id,
+-- lease owner, attempt, result (JSON text) and final message. Each row is fenced as in
+-- complete_job; the ids returned are the jobs completed, any other was no longer ours.
+WITH done AS (
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[])
+    AS d (id, locked_by, attempts, result, message)
+), mine AS (
+  SELECT j.id, done.result, done.message FROM ai_jobs AS j
+  JOIN done ON j.id = done.id AND j.locked_by = done.locked_by AND j.attempts = done.attempts
+  WHERE j.status = 'processing'
+  ORDER BY j.id
+  FOR UPDATE OF j
+)
+UPDATE ai_jobs AS j
+SET status = 'completed',
+    result = mine.result::jsonb,
+    checkpoint = NULL,
+    progress_message = mine.message,
+    progress_current = coalesce(j.progress_total, j.progress_current),
+    error_message = NULL,
+    locked_until = NULL,
+    finished_at = now()
+FROM mine
+WHERE j.id = mine.id
+RETURNING j.id;
+
 -- name: fail_job
 UPDATE ai_jobs
 SET status = 'failed',
@@ -115,11 +142,20 @@ WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
 
 -- name: extend_leases
 -- Fenced by the attempt too: a job reaped and claimed again is another actor's lease.
+-- Rows are locked in id order, as complete_without_effect locks them: two statements of one
+-- worker over the same jobs never wait for each other in a cycle.
+WITH mine AS (
+  SELECT j.id FROM ai_jobs AS j
+  JOIN unnest($2::uuid[], $4::int[]) AS m (id, attempts)
+    ON j.id = m.id AND j.attempts = m.attempts
+  WHERE j.status = 'processing' AND j.locked_by = $1
+  ORDER BY j.id
+  FOR UPDATE OF j
+)
 UPDATE ai_jobs AS j
 SET locked_until = now() + make_interval(secs => $3)
-FROM unnest($2::uuid[], $4::int[]) AS mine (id, attempts)
-WHERE j.id = mine.id AND j.attempts = mine.attempts
-  AND j.status = 'processing' AND j.locked_by = $1
+FROM mine
+WHERE j.id = mine.id
 RETURNING j.id;
 
 -- name: reap_expired

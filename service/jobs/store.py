@@ -30,6 +30,10 @@ class WorkerInfo:
     job_types: tuple[str, ...]
 
 
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
 class LeaseLost(Exception):
     """The job is no longer ours: it was reaped, cancelled or finished elsewhere."""
 
@@ -179,6 +183,23 @@ class JobStore:
             if apply is not None:
                 await apply(conn)
         return Job.from_record(row)
+
+    async def complete_without_effect(
+        self, completions: Sequence[tuple[Job, object, str]]
+    ) -> set[uuid.UUID]:
+        """Mark many jobs completed, each with its result and message, in one statement.
+
+        Returns the ids completed; a job missing from it was no longer ours and is untouched.
+        """
+        rows = await self.pool.fetch(
+            Q.complete_without_effect,
+            [job.id for job, _, _ in completions],
+            [job.locked_by for job, _, _ in completions],
+            [job.attempts for job, _, _ in completions],
+            [None if result is None else _json(result) for _, result, _ in completions],
+            [message for _, _, message in completions],
+        )
+        return {r["id"] for r in rows}
 
     async def fail(self, job: Job, error_message: str) -> Job:
         row = await self.pool.fetchrow(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from service.jobs.actor import RetryPolicy, StopReason, run_actor
+from service.jobs.completer import Completer
 from service.jobs.leases import Heartbeat, Reaper, Registration
 from service.jobs.listener import Listener
 from service.jobs.model import Job
@@ -74,11 +75,15 @@ class Worker:
         )
         self.options = options
         self._store = store
+        self._completer = Completer(store)
         self._registry = registry
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
         self._maybe_more = True
         self._actors: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # The (job, attempt)s whose processor runs: what `concurrency` limits. An actor whose
+        # processor has returned only waits for its outcome to be written, and frees its slot.
+        self._processing: set[tuple[uuid.UUID, int]] = set()
         # The attempt each actor runs: its lease is renewed for that attempt only.
         self._attempts: dict[uuid.UUID, int] = {}
         self._stop_reasons: dict[object, str] = {}
@@ -157,6 +162,7 @@ class Worker:
                 task.cancel()
             if still_running:
                 await asyncio.wait(still_running)
+        await self._completer.idle()
         if self._pruner is not None:
             await self._pruner.stop()
         await self._reaper.stop()
@@ -193,7 +199,7 @@ class Worker:
     async def _dispatch_loop(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
-            free = self.options.concurrency - len(self._actors)
+            free = self._free_slots()
             self._wakeup.clear()
             if free > 0:
                 try:
@@ -210,6 +216,12 @@ class Worker:
                 if self._maybe_more:
                     continue
             await self._wait(self.options.poll_interval_s)
+
+    def _free_slots(self) -> int:
+        concurrency = self.options.concurrency
+        # Actors writing their outcome hold no slot, but a database slow to take the writes
+        # must not let finished jobs pile up without bound: at most `concurrency` of them.
+        return min(concurrency - len(self._processing), 2 * concurrency - len(self._actors))
 
     async def _wait(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -228,18 +240,27 @@ class Worker:
             run_actor(
                 job,
                 self._store,
+                self._completer,
                 self._registry,
                 self.options.retry,
                 self._stop_reasons,
                 self.metrics,
+                functools.partial(self._on_processed, (job.id, job.attempts)),
             ),
             name=f"actor:{job.id}",
         )
         self._actors[job.id] = task
         self._attempts[job.id] = job.attempts
-        task.add_done_callback(functools.partial(self._on_actor_done, job.id))
+        self._processing.add((job.id, job.attempts))
+        task.add_done_callback(functools.partial(self._on_actor_done, job.id, job.attempts))
 
-    def _on_actor_done(self, job_id: uuid.UUID, task: asyncio.Task[None]) -> None:
+    def _on_processed(self, slot: tuple[uuid.UUID, int]) -> None:
+        self._processing.discard(slot)
+        if self._maybe_more:
+            self._wakeup.set()
+
+    def _on_actor_done(self, job_id: uuid.UUID, attempt: int, task: asyncio.Task[None]) -> None:
+        self._processing.discard((job_id, attempt))
         if self._actors.get(job_id) is task:
             del self._actors[job_id]
             self._attempts.pop(job_id, None)
