@@ -119,24 +119,50 @@ class Suite:
 
     async def throughput(self) -> None:
         jobs = throughput.jobs_for(self.scale)
+        # aijobs as it runs by default (its worker commits asynchronously), then aijobs with
+        # the worker's commits synchronous, as PgQueuer's and the floor's are.
+        variants: list[tuple[str, str | None]] = [(s, None) for s in self.systems()]
+        variants.append(("aijobs", "on"))
         for concurrency in (10, 50):
-            per_system: dict[str, list[float]] = {s: [] for s in self.systems()}
+            per_variant: dict[tuple[str, str | None], list[float]] = {v: [] for v in variants}
             # Interleaved, so that a noisy minute of the machine hits every system alike.
             for i in range(self.runs):
-                for system in self.systems():
+                for system, synchronous_commit in variants:
                     started = time.monotonic()
-                    result = await throughput.measure(self.server_dsn, system, jobs, concurrency)
+                    result = await throughput.measure(
+                        self.server_dsn,
+                        system,
+                        jobs,
+                        concurrency,
+                        synchronous_commit=synchronous_commit,
+                    )
+                    name = system if synchronous_commit is None else f"{system} (sync commit)"
                     log(
-                        f"throughput c={concurrency} {system} run {i + 1}/{self.runs}: "
+                        f"throughput c={concurrency} {name} run {i + 1}/{self.runs}: "
                         f"{_brief(result)} ({time.monotonic() - started:.0f} s)"
                     )
                     self.raw.setdefault(f"throughput_c{concurrency}", []).append(result)
-                    per_system[system].append(result["jobs_per_s"])
+                    per_variant[(system, synchronous_commit)].append(result["jobs_per_s"])
             row = Row(f"no-op throughput, {jobs:,} jobs, concurrency {concurrency}", "jobs/s")
-            row.values = {s: spread(v, 1) for s, v in per_system.items()}
+            row.values = {
+                system: spread(v, 1)
+                for (system, synchronous_commit), v in per_variant.items()
+                if synchronous_commit is None
+            }
             row.target = "≥ 1.5x PgQueuer"
             ratio = row.ratio("pgqueuer")
             row.met = None if ratio is None else ratio >= 1.5
+            self.rows.append(row)
+            row = Row(
+                f"no-op throughput, {jobs:,} jobs, concurrency {concurrency}, "
+                "aijobs with AIJOBS_WORKER_SYNCHRONOUS_COMMIT=on",
+                "jobs/s",
+            )
+            row.values = {
+                system: spread(v, 1)
+                for (system, synchronous_commit), v in per_variant.items()
+                if synchronous_commit == "on" or (system != "aijobs" and synchronous_commit is None)
+            }
             self.rows.append(row)
 
     async def pickup(self) -> None:

@@ -53,6 +53,7 @@ async def measure(
     batch: int = ENQUEUE_BATCH,
     profile: list[str] | None = None,
     timeout_s: float = 600.0,
+    synchronous_commit: str | None = None,
 ) -> dict[str, Any]:
     """One drain. `profile`: a profiler command (`py-spy record ... -o FILE`) to attach to the
     worker with `--pid` once it starts consuming, and to stop (SIGINT) when it is drained."""
@@ -77,6 +78,8 @@ async def measure(
                 "--expect",
                 str(jobs),
             ]
+            if synchronous_commit is not None:
+                argv += ["--synchronous-commit", synchronous_commit]
             child = await Child.start(argv, label=f"throughput-{system}")
             ready = await child.expect("ready", within=60)
             worker_pid: int = ready["pid"]
@@ -111,6 +114,7 @@ async def measure(
     elapsed = end - start["t"]
     return {
         "system": system,
+        "synchronous_commit": synchronous_commit,
         "jobs": jobs,
         "concurrency": concurrency,
         "elapsed_s": round(elapsed, 3),
@@ -127,9 +131,20 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--scale", choices=("full", "tiny"), default="full")
     parser.add_argument("--jobs", type=int, default=0, help="overrides the scale's job count")
+    parser.add_argument(
+        "--synchronous-commit", choices=("on", "off"), help="aijobs' worker synchronous_commit"
+    )
     args = parser.parse_args()
     jobs = args.jobs or jobs_for(args.scale)
-    result = asyncio.run(measure(admin_dsn(), args.system, jobs, args.concurrency))
+    result = asyncio.run(
+        measure(
+            admin_dsn(),
+            args.system,
+            jobs,
+            args.concurrency,
+            synchronous_commit=args.synchronous_commit,
+        )
+    )
     print(json.dumps(result))
 
 

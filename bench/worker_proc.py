@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import time
@@ -45,7 +46,9 @@ class Tally:
 Stop = Callable[[], Awaitable[None]]
 
 
-async def _start_aijobs(dsn: str, concurrency: int, tally: Tally, log_level: str) -> Stop:
+async def _start_aijobs(
+    dsn: str, concurrency: int, tally: Tally, log_level: str, synchronous_commit: str | None
+) -> Stop:
     from service.config import Settings
     from service.jobs.context import JobContext
     from service.jobs.model import Completion
@@ -56,6 +59,8 @@ async def _start_aijobs(dsn: str, concurrency: int, tally: Tally, log_level: str
     from service.runtime import create_worker_pool, worker_options
 
     settings = Settings(database_url=dsn, log_level=log_level)
+    if synchronous_commit is not None:
+        settings = dataclasses.replace(settings, worker_synchronous_commit=synchronous_commit)
     configure_logging(settings.log_level, "json")
     pool = await create_worker_pool(settings, dsn, "aijobs-bench-worker")
 
@@ -140,7 +145,9 @@ async def run(args: argparse.Namespace) -> None:
     tally = Tally(args.expect, args.record_starts)
     stop: Stop
     if args.system == "aijobs":
-        stop = await _start_aijobs(args.dsn, args.concurrency, tally, args.log_level)
+        stop = await _start_aijobs(
+            args.dsn, args.concurrency, tally, args.log_level, args.synchronous_commit
+        )
     elif args.system == "pgqueuer":
         stop = await _start_pgqueuer(args.dsn, args.concurrency, tally, args.batch_size)
     else:
@@ -163,6 +170,11 @@ def main() -> None:
     parser.add_argument("--log-level", default="info", help="aijobs' log level (its default)")
     parser.add_argument(
         "--batch-size", type=int, default=0, help="PgQueuer's dequeue batch (default N/2)"
+    )
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        help="aijobs' AIJOBS_WORKER_SYNCHRONOUS_COMMIT (default: its default, off)",
     )
     parser.add_argument(
         "--loop",

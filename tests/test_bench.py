@@ -31,6 +31,16 @@ async def test_throughput_bench_runs(databases: DatabaseFactory, system: str) ->
     assert figures["commits_per_job"] >= 0
 
 
+async def test_throughput_bench_runs_aijobs_with_synchronous_commits(
+    databases: DatabaseFactory,
+) -> None:
+    figures = await throughput.measure(
+        databases.admin_dsn, "aijobs", jobs=100, concurrency=10, synchronous_commit="on"
+    )
+    assert figures["synchronous_commit"] == "on"
+    assert figures["jobs_per_s"] > 0
+
+
 @pytest.mark.parametrize("system", queues.SYSTEMS)
 async def test_pickup_latency_bench_runs(databases: DatabaseFactory, system: str) -> None:
     _skip_unavailable(system)
