@@ -14,7 +14,9 @@ request in flight at a time. Figures:
   minute by default) is in force and never reached. Every answer must be 202.
 - poll: `GET /api/ai-jobs/{id}`, each user polling their own job: 200 with the body.
 - poll, conditional: the same with `If-None-Match` of the job's ETag: 304, no body.
-- the bare ceiling of each: an aiohttp handler of the same shape that touches no database.
+- the bare ceiling of each: an aiohttp handler of the same shape that touches no database,
+  on the same event loop as the API (uvloop when the API process has it loaded, as `aijobs
+  api` does where uvloop is installed); the figures say which (`loop`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import statistics
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,7 @@ FULL = {"connections": 64, "duration_s": 5.0, "warmup_s": 1.0, "mappings": 60_00
 TINY = {"connections": 4, "duration_s": 0.5, "warmup_s": 0.2, "mappings": 400, "users": 20}
 
 JWT_SECRET = "bench-secret-bench-secret-bench-secret"
+FIGURES = ("dispatch", "poll", "poll_conditional")
 DISPATCH = "/api/gap-analysis/ai-match/{}"
 JOB = "/api/ai-jobs/{}"
 
@@ -103,10 +107,27 @@ def bare_app() -> Any:
     return app
 
 
-def serve_bare(port: int) -> None:
+def serve_bare(port: int, loop: str = "asyncio") -> None:
     from aiohttp import web
 
-    web.run_app(bare_app(), host="127.0.0.1", port=port, access_log=None, print=None)
+    event_loop = None
+    if loop == "uvloop":
+        import uvloop
+
+        event_loop = uvloop.new_event_loop()
+    web.run_app(
+        bare_app(), host="127.0.0.1", port=port, access_log=None, print=None, loop=event_loop
+    )
+
+
+def loop_of(pid: int) -> str:
+    """The event loop a running process uses: uvloop when its extension is loaded in the
+    process, else asyncio's own."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return "asyncio"
+    return "uvloop" if "/uvloop/loop." in maps else "asyncio"
 
 
 # -- the load generator -------------------------------------------------------------------
@@ -165,6 +186,7 @@ async def _connection(
                 await reader.readexactly(length)
             if etag is not None and plan.conditional:
                 plan.etags[path] = etag
+            out["served"] = out.get("served", 0) + 1
             done = time.monotonic()
             if now >= record_from:
                 out["statuses"][status] = out["statuses"].get(status, 0) + 1
@@ -179,10 +201,10 @@ async def generate_load(
     url: str, plan: Plan, connections: int, warmup_s: float, duration_s: float
 ) -> dict[str, Any]:
     host, _, port = url.removeprefix("http://").partition(":")
+    learn: dict[str, Any] = {"statuses": {}, "latencies": []}
     if plan.conditional:
         # Learn every ETag first, as a poller has after its first answer.
         plan.limit = len(plan.paths)
-        learn: dict[str, Any] = {"statuses": {}, "latencies": []}
         far = time.monotonic() + 600
         await asyncio.gather(
             *(_connection(host, int(port), plan, far, far, learn) for _ in range(connections))
@@ -200,6 +222,9 @@ async def generate_load(
     latencies = out["latencies"] or [0.0]
     return {
         "requests": len(out["latencies"]),
+        # Every answer, warm-up (and learning the ETags) included: the server's CPU is
+        # measured over all of them.
+        "served": out.get("served", 0) + (learn.get("served", 0) if plan.conditional else 0),
         "rps": round(len(out["latencies"]) / elapsed, 1),
         "statuses": {str(k): v for k, v in out["statuses"].items()},
         "p50_ms": round(statistics.median(latencies) * 1000, 2),
@@ -289,10 +314,35 @@ async def _serve(argv: list[str], env: dict[str, str], port: int, label: str) ->
 
 
 def _measured(result: dict[str, Any], expect: int, server_pid: int, cpu_before: float) -> None:
-    """Add the server's CPU and the share of answers that were not the expected status."""
+    """Add the server's CPU (in all, and per 1,000 answers) and the share of answers that
+    were not the expected status."""
     total = sum(result["statuses"].values()) or 1
     result["unexpected_pct"] = round(100 * (1 - result["statuses"].get(str(expect), 0) / total), 2)
-    result["server_cpu_s"] = round(cpu_seconds(server_pid) - cpu_before, 2)
+    cpu = cpu_seconds(server_pid) - cpu_before
+    result["server_cpu_s"] = round(cpu, 2)
+    result["server_cpu_s_per_1k"] = round(1000 * cpu / max(result["served"], 1), 3)
+
+
+async def _backends(conn: asyncpg.Connection) -> dict[int, float]:
+    """CPU seconds so far of every other Postgres backend on this database (the API's)."""
+    pids = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    cpu: dict[int, float] = {}
+    for row in pids:
+        with contextlib.suppress(OSError, ValueError):
+            cpu[row["pid"]] = cpu_seconds(row["pid"])
+    return cpu
+
+
+def _postgres_measured(
+    result: dict[str, Any], before: dict[int, float], after: dict[int, float]
+) -> None:
+    """Add the CPU the API's Postgres backends used (a backend opened meanwhile: all of it)."""
+    cpu = sum(used - before.get(pid, 0.0) for pid, used in after.items())
+    result["postgres_cpu_s"] = round(cpu, 2)
+    result["postgres_cpu_s_per_1k"] = round(1000 * cpu / max(result["served"], 1), 3)
 
 
 async def measure(
@@ -303,10 +353,11 @@ async def measure(
     mappings: int = 60_000,
     users: int = 2000,
     profile: list[str] | None = None,
+    only: Sequence[str] = FIGURES,
 ) -> dict[str, Any]:
-    """One run of every HTTP figure, aijobs and the bare ceiling side by side. `profile`: a
-    profiler command (`py-spy record ... -o FILE`) to attach to the API with `--pid` for the
-    run; it is stopped with SIGINT at the end."""
+    """One run of every HTTP figure (or of those in `only`), aijobs and the bare ceiling side
+    by side. `profile`: a profiler command (`py-spy record ... -o FILE`) to attach to the API
+    with `--pid` for the run; it is stopped with SIGINT at the end."""
     tokens = _tokens(users)
     results: dict[str, Any] = {}
     async with scratch_database(server_dsn) as dsn:
@@ -356,11 +407,23 @@ async def measure(
             api = await _serve(
                 [python(), "-m", "service", "api", "--port", str(api_port)], env, api_port, "api"
             )
+            # The ceiling runs on the loop the API runs on: a fair comparison of the handlers.
+            loop = loop_of(api.pid)
+            results["loop"] = loop
             bare = await _serve(
-                [python(), "-m", "bench.http_load", "bare", "--port", str(bare_port)],
+                [
+                    python(),
+                    "-m",
+                    "bench.http_load",
+                    "bare",
+                    "--port",
+                    str(bare_port),
+                    "--loop",
+                    loop,
+                ],
                 {},
                 bare_port,
-                "bare-aiohttp",
+                f"bare-aiohttp-{loop}",
             )
             if profile:
                 profiler = await asyncio.create_subprocess_exec(
@@ -375,6 +438,8 @@ async def measure(
                 ("poll_conditional", "GET", poll_paths, True, 304),
             ]
             for name, method, paths, conditional, expect in figures:
+                if name not in only:
+                    continue
                 for target, base, child in (("aijobs", api_base, api), ("bare", bare_base, bare)):
                     spec = {
                         "method": method,
@@ -383,8 +448,11 @@ async def measure(
                         "conditional": conditional,
                     }
                     cpu_before = cpu_seconds(child.pid)
+                    backends = await _backends(conn) if target == "aijobs" else {}
                     result = await _load(base, spec, connections, warmup_s, duration_s)
                     _measured(result, expect, child.pid, cpu_before)
+                    if target == "aijobs":
+                        _postgres_measured(result, backends, await _backends(conn))
                     results[f"{name}_{target}"] = result
             created = await conn.fetchval(
                 "SELECT count(*) FROM ai_jobs WHERE created_by LIKE 'bench-user-%'"
@@ -398,7 +466,7 @@ async def measure(
                 if server is not None:
                     await server.stop()
             await conn.close()
-    for name in ("dispatch", "poll", "poll_conditional"):
+    for name in only:
         results[f"{name}_ratio"] = round(
             results[f"{name}_aijobs"]["rps"] / max(results[f"{name}_bare"]["rps"], 0.1), 3
         )
@@ -410,6 +478,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command")
     bare = sub.add_parser("bare", help="serve the bare aiohttp ceiling")
     bare.add_argument("--port", type=int, required=True)
+    bare.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     load = sub.add_parser("load", help="run the load generator")
     load.add_argument("--url", required=True)
     load.add_argument("--plan", required=True)
@@ -419,9 +488,14 @@ def main() -> None:
     parser.add_argument("--scale", choices=("full", "tiny"), default="full")
     parser.add_argument("--connections", type=int, default=0)
     parser.add_argument("--duration", type=float, default=0.0)
+    parser.add_argument(
+        "--only",
+        default=",".join(FIGURES),
+        help=f"comma-separated figures to measure, of {', '.join(FIGURES)}",
+    )
     args = parser.parse_args()
     if args.command == "bare":
-        serve_bare(args.port)
+        serve_bare(args.port, args.loop)
         return
     if args.command == "load":
         _load_main(args)
@@ -435,6 +509,7 @@ def main() -> None:
             warmup_s=float(preset["warmup_s"]),
             mappings=int(preset["mappings"]),
             users=int(preset["users"]),
+            only=[name for name in args.only.split(",") if name in FIGURES],
         )
     )
     print(json.dumps(result, indent=1))

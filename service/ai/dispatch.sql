@@ -1,4 +1,5 @@
--- name: enqueue_analysis
--- Validation and the idempotent insert, in one round trip: see ai_jobs_enqueue in sql/.
--- `created`: the job's insert is this transaction's, not an earlier dispatch's.
-SELECT j.*, j.created_at = now() AS created FROM ai_jobs_enqueue($1, $2, $3, $4, $5) AS j;
+-- name: enqueue_many
+-- A group of dispatches in one statement: see ai_jobs_enqueue_many in sql/. One row per
+-- dispatch, `n` its position in the arrays; $7 is the rate window in seconds.
+SELECT n, outcome, message, job_id, status, job_type, entity_id, retry_after_s
+FROM ai_jobs_enqueue_many($1, $2, $3, $4, $5, $6, make_interval(secs => $7));

@@ -16,6 +16,7 @@ from service.api.state import (
     DISPATCHER,
     ENTITIES,
     EVENT_HUB,
+    JOB_READS,
     JOBS,
     METRICS,
     OPEN_STREAMS,
@@ -26,7 +27,7 @@ from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import EntityStore
 from service.jobs.events import EventHub, EventPruner, EventStore
-from service.jobs.store import JobStore
+from service.jobs.store import Grouped, JobStore
 from service.metrics import Metrics
 from service.ops import ops_routes
 
@@ -52,7 +53,10 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
         app[POOL] = the_pool
         app[ENTITIES] = EntityStore(the_pool)
         app[JOBS] = JobStore(the_pool)
-        app[DISPATCHER] = Dispatcher(the_pool, settings.max_attempts_for)
+        app[JOB_READS] = Grouped(app[JOBS].read_many)
+        app[DISPATCHER] = Dispatcher(
+            the_pool, settings.max_attempts_for, settings.dispatch_per_minute
+        )
         yield
         if owned:
             await the_pool.close()

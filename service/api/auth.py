@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import jwt
+import orjson
 from aiohttp import web
 
 from service.api.errors import ApiError, Handler
@@ -32,6 +34,14 @@ class Identity:
     @property
     def sees_all(self) -> bool:
         return self.role == "service_role"
+
+    @cached_property
+    def read_scope(self) -> str | None:
+        """The JWT claims (JSON text) reads of jobs are scoped to by row level security, or
+        None for the service role, which sees every job. Made once per verified token."""
+        if self.sees_all:
+            return None
+        return orjson.dumps({**self.claims, "sub": self.user_id, "role": self.role}).decode()
 
 
 DEV_IDENTITY = Identity("dev", "service_role", {"sub": "dev", "role": "service_role"})

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 
 from aiohttp import web
 
-from service.ai.dispatch import JOB_TYPES, EntityMissing, IdempotencyKeyReused, NotAnalysable
+from service.ai.dispatch import (
+    JOB_TYPES,
+    EntityMissing,
+    IdempotencyKeyReused,
+    NotAnalysable,
+    RateLimited,
+)
 from service.api import parse, render
 from service.api.auth import identity_of
 from service.api.errors import ApiError, bad_request, not_found
-from service.api.state import DISPATCHER, JOBS, METRICS, SETTINGS
+from service.api.state import DISPATCHER, JOB_READS, JOBS, METRICS
 from service.jobs.model import Job
+from service.jobs.store import JobRead
 
 routes = web.RouteTableDef()
 
@@ -30,47 +36,34 @@ def reader_scope(request: web.Request) -> dict[str, object] | None:
 
 async def visible_job(request: web.Request, job_id: uuid.UUID) -> Job:
     """The job, if the caller may see it; another user's job is as unknown as a missing one."""
-    async with request.app[JOBS].reader(reader_scope(request)) as reader:
-        job = await reader.get(job_id)
-    if job is None:
+    version = await request.app[JOB_READS].submit(JobRead(job_id, identity_of(request).read_scope))
+    if version is None or version.job is None:
         raise not_found(f"Job {job_id} not found")
-    return job
-
-
-async def _check_dispatch_rate(request: web.Request, user_id: str) -> None:
-    limit = request.app[SETTINGS].dispatch_per_minute
-    if limit <= 0:
-        return
-    count, frees_in_s = await request.app[JOBS].recent_jobs_of(user_id, 60)
-    if count >= limit:
-        raise ApiError(
-            429,
-            "too_many_requests",
-            f"At most {limit} dispatches a minute; try again in {frees_in_s} s",
-            {"Retry-After": str(frees_in_s)},
-        )
+    return version.job
 
 
 async def _dispatch(request: web.Request, job_type: str, what: str) -> web.Response:
     entity_id = parse.path_id(request, what=what)
     key = parse.idempotency_key(request)
-    user_id = identity_of(request).user_id
-    await _check_dispatch_rate(request, user_id)
     try:
-        job, created = await request.app[DISPATCHER].dispatch(
-            job_type, entity_id, created_by=user_id, idempotency_key=key
+        job = await request.app[DISPATCHER].dispatch(
+            job_type, entity_id, created_by=identity_of(request).user_id, idempotency_key=key
         )
+    except RateLimited as exc:
+        raise ApiError(
+            429, "too_many_requests", str(exc), {"Retry-After": str(exc.retry_after_s)}
+        ) from None
     except EntityMissing as exc:
         raise not_found(str(exc)) from None
     except NotAnalysable as exc:
         raise ApiError(422, "not_analysable", str(exc)) from None
     except IdempotencyKeyReused as exc:
         raise ApiError(422, "idempotency_key_reused", str(exc)) from None
-    if created:
+    if job.created:
         request.app[METRICS].jobs_dispatched.labels(job_type).inc()
-    location = f"/api/ai-jobs/{job.id}"
+    job_id = str(job.job_id)
     return render.json_response(
-        {"jobId": str(job.id), "status": job.status}, 202, {"Location": location}
+        {"jobId": job_id, "status": job.status}, 202, {"Location": f"/api/ai-jobs/{job_id}"}
     )
 
 
@@ -91,19 +84,22 @@ async def dispatch_map_controls(request: web.Request) -> web.Response:
 
 @routes.get("/api/ai-jobs/{jobId}")
 async def get_job(request: web.Request) -> web.Response:
-    """The job, with an ETag of its body: a poller's If-None-Match gets a 304 while nothing
-    changed, and a Retry-After while the job runs suggests how often to ask."""
-    job = await visible_job(request, parse.path_uuid(request))
-    response = render.json_response(render.job_json(job))
-    assert isinstance(response.body, bytes)
-    etag = hashlib.blake2b(response.body, digest_size=16).hexdigest()
-    if any(tag.value in ("*", etag) for tag in request.if_none_match or ()):
-        response = web.Response(status=304)
-    response.etag = etag
-    response.headers["Cache-Control"] = "no-cache"
-    if not job.finished:
-        response.headers["Retry-After"] = "1"
-    return response
+    """The job, with an ETag of its version: a poller's If-None-Match gets a 304 while nothing
+    changed, decided by the database without reading the job, and a Retry-After while the
+    job runs suggests how often to ask."""
+    job_id = parse.path_uuid(request)
+    known = render.known_job_tags(request)
+    version = await request.app[JOB_READS].submit(
+        JobRead(job_id, identity_of(request).read_scope, known)
+    )
+    if version is None:
+        raise not_found(f"Job {job_id} not found")
+    headers = {"ETag": render.job_etag(version.tag), "Cache-Control": "no-cache"}
+    if not version.finished:
+        headers["Retry-After"] = "1"
+    if version.job is None:
+        return web.Response(status=304, headers=headers)
+    return render.json_response(render.job_json(version.job), 200, headers)
 
 
 @routes.post("/api/ai-jobs/{jobId}/cancel")

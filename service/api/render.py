@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,39 @@ def json_response(
         content_type="application/json",
         headers=headers,
     )
+
+
+# The version of job_json's output, part of every job's ETag: change it when a job's JSON
+# changes shape, so that a client holding a rendering of the former code gets the new one.
+JOB_JSON_VERSION = "1"
+_TAG_PREFIX = f"j{JOB_JSON_VERSION}."
+# A job's tag in the database: the row version's transaction id and updated_at.
+_DB_TAG = re.compile(r"[0-9]+-[0-9]+")
+# The usual If-None-Match of a poller: the one ETag it was given.
+_ONE_TAG = re.compile(r'\s*(?:W/)?"' + re.escape(_TAG_PREFIX) + r'([0-9]+-[0-9]+)"\s*')
+
+
+def job_etag(tag: str) -> str:
+    """The ETag header of the version of a job whose database tag is `tag`."""
+    return f'"{_TAG_PREFIX}{tag}"'
+
+
+def known_job_tags(request: web.Request) -> tuple[str, ...]:
+    """The database tags of the job versions the request's If-None-Match names ("*": any),
+    compared as weak tags, as aiohttp parses them."""
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return ()
+    one = _ONE_TAG.fullmatch(header)
+    if one is not None:
+        return (one[1],)
+    known: list[str] = []
+    for tag in request.if_none_match or ():
+        if tag.value == "*":
+            known.append("*")
+        elif tag.value.startswith(_TAG_PREFIX) and _DB_TAG.fullmatch(tag.value[len(_TAG_PREFIX) :]):
+            known.append(tag.value[len(_TAG_PREFIX) :])
+    return tuple(known)
 
 
 def job_json(job: Job) -> dict[str, Any]:

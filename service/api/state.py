@@ -11,13 +11,15 @@ from service.ai.dispatch import Dispatcher
 from service.config import Settings
 from service.entities.store import EntityStore
 from service.jobs.events import EventHub
-from service.jobs.store import JobStore
+from service.jobs.store import Grouped, JobRead, JobStore, JobVersion
 from service.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 ENTITIES = web.AppKey("entities", EntityStore)
 JOBS = web.AppKey("jobs", JobStore)
+# Reads of single jobs, grouped: concurrent reads share one round trip.
+JOB_READS: web.AppKey[Grouped[JobRead, JobVersion | None]] = web.AppKey("job_reads")
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 EVENT_HUB = web.AppKey("event_hub", EventHub)
 METRICS = web.AppKey("metrics", Metrics)

@@ -216,11 +216,11 @@ SELECT ai_jobs_prune(make_interval(secs => $1), $2);
 -- row level security then shows only that user's jobs, whatever a query's WHERE says.
 SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true);
 
--- name: recent_jobs_of
--- How many jobs this user created in the last $2 seconds, and in how many seconds the oldest
--- of them leaves that window.
-SELECT count(*) AS count,
-       ceil(extract(epoch FROM min(created_at) + make_interval(secs => $2) - now()))::int
-         AS frees_in_s
-FROM ai_jobs
-WHERE created_by = $1 AND created_at > now() - make_interval(secs => $2);
+-- -- dispatch and reads: one round trip for many reads ---------------------------------
+
+-- name: read_jobs
+-- Jobs as the API shows them, many readers at once: job ids $1, each read as the user of the
+-- JWT claims in $2 (JSON text; NULL: the service's own rights), with its version tag; only
+-- the tag and status when the tag is among the comma-separated ones in $3. See
+-- ai_jobs_read_many in sql/.
+SELECT * FROM ai_jobs_read_many($1, $2, $3);

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import asyncpg
 import orjson
 
 from service.db.pool import Connection
 from service.db.queries import Queries
-from service.jobs.model import ApplyEffect, Job
+from service.jobs.model import FINISHED, ApplyEffect, Job
 
 Q = Queries("service.jobs", "queries.sql")
 
@@ -36,6 +38,86 @@ def _json(value: object) -> str:
 
 class LeaseLost(Exception):
     """The job is no longer ours: it was reaped, cancelled or finished elsewhere."""
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Grouped(Generic[T, R]):
+    """Concurrent calls of `run`, grouped: the items submitted while a group is in flight
+    wait, and go together as the next group, at most `max_group` of them. One group at a
+    time, so that a busy process makes one statement (one round trip, one commit) for many
+    requests instead of one each.
+
+    `run` returns one result per item, in order: a value, or the exception that item gets.
+    An exception raised by `run` is every item's answer.
+    """
+
+    def __init__(
+        self, run: Callable[[list[T]], Awaitable[list[R | Exception]]], max_group: int = 500
+    ) -> None:
+        self._run = run
+        self._max_group = max_group
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, answer))
+        if self._running is None:
+            self._running = asyncio.create_task(self._run_groups())
+        return await answer
+
+    async def _run_groups(self) -> None:
+        try:
+            while self._waiting:
+                group = self._waiting[: self._max_group]
+                del self._waiting[: self._max_group]
+                await self._run_group(group)
+        finally:
+            self._running = None
+
+    async def _run_group(self, group: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._run([item for item, _ in group])
+        except asyncio.CancelledError:
+            for _, answer in group:
+                answer.cancel()
+            raise
+        except Exception as exc:
+            results = [exc] * len(group)
+        for (_, answer), result in zip(group, results, strict=True):
+            if answer.done():  # its request was cancelled meanwhile
+                continue
+            if isinstance(result, Exception):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRead:
+    """One read of a job for a client: as the user these JWT claims (JSON text) name, or
+    with the service's rights (None); `known_tags`: the versions the client has."""
+
+    job_id: uuid.UUID
+    claims: str | None
+    known_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JobVersion:
+    """A job as read for a client: the tag of the version read, its status, and the job
+    itself unless the client named this version as one it has (then None)."""
+
+    tag: str
+    status: str
+    job: Job | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
 
 
 class JobReader:
@@ -74,13 +156,6 @@ class JobStore:
             if claims is not None:
                 await conn.execute(Q.enter_user_scope, orjson.dumps(claims).decode())
             yield JobReader(conn)
-
-    async def recent_jobs_of(self, user_id: str, window_s: float) -> tuple[int, int]:
-        """Jobs `user_id` created in the last `window_s` seconds, and the seconds until the
-        oldest of them leaves the window."""
-        row = await self.pool.fetchrow(Q.recent_jobs_of, user_id, window_s)
-        assert row is not None
-        return row["count"], max(row["frees_in_s"] or 1, 1)
 
     # -- dispatch and reads -------------------------------------------------------------
 
@@ -138,6 +213,23 @@ class JobStore:
     async def get(self, job_id: uuid.UUID) -> Job | None:
         """The job, read with the service's own rights."""
         return await JobReader(self.pool).get(job_id)
+
+    async def read_many(self, reads: Sequence[JobRead]) -> list[JobVersion | Exception | None]:
+        """Many reads in one round trip, each under row level security as `reader` scopes
+        it. Per read: None when there is no such job, or it is not that user's; the job's
+        version, without the job itself when its tag is among the read's `known_tags` (or
+        "*" is). Tags are digits and a dash: a known tag of any other form matches nothing."""
+        rows = await self.pool.fetch(
+            Q.read_jobs,
+            [r.job_id for r in reads],
+            [r.claims for r in reads],
+            [",".join(t for t in r.known_tags if "," not in t) for r in reads],
+        )
+        versions: list[JobVersion | Exception | None] = [None] * len(reads)
+        for row in rows:
+            job = None if row["unchanged"] else Job.from_record(row)
+            versions[row["n"] - 1] = JobVersion(row["tag"], row["status"], job)
+        return versions
 
     # -- the worker's side --------------------------------------------------------------
 
