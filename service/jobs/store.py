@@ -69,6 +69,12 @@ class Grouped(Generic[T, R]):
             self._running = asyncio.create_task(self._run_groups())
         return await answer
 
+    async def idle(self) -> None:
+        """Returns when no group is in flight."""
+        running = self._running
+        if running is not None:
+            await asyncio.shield(running)
+
     async def _run_groups(self) -> None:
         try:
             while self._waiting:
