@@ -1,24 +1,42 @@
 """Slow-model concurrency: real ai-match jobs whose model call takes seconds, one worker.
 
     python -m bench.slow_model [--scale full|tiny] [--jobs 2000] [--delay 2.0]
-                               [--concurrency 500] [--pool-max 20]
+                               [--concurrency 500] [--pool-max 20] [--workers 1] [--cold]
+                               [--profile OUT]
 
 Starts the fake Anthropic server (`python -m tests.fake_anthropic --delay D`) and one
 `python -m service worker --concurrency C` against a scratch database holding 1 requirement,
-N documents and N mappings. Once the worker has registered itself, one INSERT ... SELECT
-records the N jobs; the clock runs from that commit to the last job completed. Ideal: every
+N documents and N mappings. Once the worker has registered itself, it runs one job first,
+which teaches the shared rate limit budget the fake's limits (as in any database where a
+worker has answered before; `--cold` skips it, and the first wave then waits for the first
+answer at the lowest tier's 50 requests a minute, see docs/claude.md). Then one INSERT ...
+SELECT records the N jobs; the clock runs from that commit to the last job completed. Ideal: every
 slot busy with a model call all the time, ceil(N / C) waves of D seconds (250 jobs/s at 500
-slots and 2 s). Reports the throughput as a share of that, and the worker's peak RSS
-(VmHWM).
+slots and 2 s). Reports the throughput as a share of that, the worker's peak RSS (VmHWM),
+and per job over the measured span: the worker's CPU, the CPU of the Postgres backends
+serving the scratch database, the fake server's CPU, and the transactions
+committed in the scratch database. `--profile OUT` attaches py-spy to the worker for the
+measured span and writes its collapsed stacks (`--format raw`) to OUT (the first worker's,
+with `--workers N`, which splits the concurrency among N processes; RSS is then the largest
+worker's and CPU the sum).
+
+`--sdk-only` measures the ceiling the Anthropic SDK itself sets on one process: the same
+model calls (ClaudeAnalyzer.match, on the same client and event loop as a worker), C at once
+against the same fake, with no queue, database or budget.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
+import os
+import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,11 +44,13 @@ import asyncpg
 from bench.common import (
     Child,
     admin_dsn,
+    commits,
     cpu_seconds,
     free_port,
     port_answers,
     proc_status_kb,
     python,
+    report,
     scratch_database,
     wait_until,
 )
@@ -55,14 +75,67 @@ WITH r AS (
 INSERT INTO requirement_mappings (requirement_id, document_id)
 SELECT r.id, d.id FROM r, d
 """
+_WARM_UP = """
+INSERT INTO ai_jobs (job_type, entity_id)
+SELECT 'ai-match', id FROM requirement_mappings ORDER BY id LIMIT 1
+RETURNING id
+"""
 _ENQUEUE_ALL = """
 INSERT INTO ai_jobs (job_type, entity_id) SELECT 'ai-match', id FROM requirement_mappings
+"""
+# Where a job's time went: claim to its first progress write (the mapping read, the wait for
+# a pooled connection), then to completion (the model call, its budget and accounting, the
+# completion's transaction).
+_PHASES = """
+WITH p AS (
+  SELECT j.id, j.started_at, j.finished_at, min(e.created_at) AS progressed_at
+  FROM ai_jobs j JOIN ai_job_events e ON e.job_id = j.id AND e.progress_message LIKE 'Analyzing%'
+  GROUP BY j.id
+)
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM progressed_at - started_at))
+         AS to_progress_p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM progressed_at - started_at))
+         AS to_progress_p90,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - progressed_at))
+         AS to_finish_p50,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - progressed_at))
+         AS to_finish_p90
+FROM p
 """
 _FINISHED = """
 SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
        count(*) FILTER (WHERE status = 'failed') AS failed
 FROM ai_jobs
 """
+
+
+async def _backends_cpu(conn: asyncpg.Connection, database: str) -> dict[int, float]:
+    """CPU seconds so far of each Postgres backend connected to `database`, this one's
+    excepted: the database's share of Postgres' work, without other users' (the shared
+    WAL writer and checkpointer are not counted)."""
+    pids = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        database,
+    )
+    cpu: dict[int, float] = {}
+    for row in pids:
+        with contextlib.suppress(OSError):
+            cpu[row["pid"]] = cpu_seconds(row["pid"])
+    return cpu
+
+
+async def _warm_up(conn: asyncpg.Connection) -> None:
+    """One job through the worker, then out of the way: the budget has learned the limits."""
+    job_id = await conn.fetchval(_WARM_UP)
+
+    async def done() -> bool:
+        status = await conn.fetchval("SELECT status FROM ai_jobs WHERE id = $1", job_id)
+        if status == "failed":
+            raise RuntimeError("the warm-up job failed")
+        return bool(status == "completed")
+
+    await wait_until(done, 60, 0.02, "the warm-up job")
+    await conn.execute("DELETE FROM ai_jobs WHERE id = $1", job_id)
 
 
 async def _wait_for_port(port: int, within: float) -> None:
@@ -75,11 +148,14 @@ async def measure(
     delay_s: float = 2.0,
     concurrency: int = 500,
     pool_max: int = 20,
+    profile: str | None = None,
+    cold: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     async with scratch_database(server_dsn) as dsn:
         conn = await asyncpg.connect(dsn)
         fake: asyncio.subprocess.Process | None = None
-        worker: Child | None = None
+        children: list[Child] = []
         ok = False
         try:
             await conn.execute(_ENTITIES, jobs)
@@ -104,21 +180,38 @@ async def measure(
                 "AIJOBS_POOL_MAX_SIZE": str(pool_max),
                 "AIJOBS_LOG_FORMAT": "json",
             }
-            worker = await Child.start(
-                [python(), "-m", "service", "worker", "--concurrency", str(concurrency)],
-                env=env,
-                label="slow-model-worker",
-                reports=False,
-            )
+            # The slots split evenly among the worker processes, the first taking the rest.
+            shares = [concurrency // workers] * workers
+            shares[0] += concurrency - sum(shares)
+            for share in shares:
+                children.append(
+                    await Child.start(
+                        [python(), "-m", "service", "worker", "--concurrency", str(share)],
+                        env=env,
+                        label="slow-model-worker",
+                        reports=False,
+                    )
+                )
 
             async def registered() -> bool:
-                if worker is not None and worker.proc.returncode is not None:
-                    raise RuntimeError(f"the worker exited\n{worker.log_tail()}")
-                return bool(await conn.fetchval("SELECT count(*) FROM ai_worker_registry"))
+                for child in children:
+                    if child.proc.returncode is not None:
+                        raise RuntimeError(f"a worker exited\n{child.log_tail()}")
+                count = await conn.fetchval("SELECT count(*) FROM ai_worker_registry")
+                return bool(count == len(children))
 
             await wait_until(registered, 60, 0.05, "worker registration")
+            if not cold:
+                await _warm_up(conn)
             await asyncio.sleep(0.5)
-            cpu_before = cpu_seconds(worker.pid)
+            spy: asyncio.subprocess.Process | None = None
+            if profile is not None:
+                spy = await _py_spy(children[0].pid, profile)
+            database = str(await conn.fetchval("SELECT current_database()"))
+            commits_before = await commits(conn, database)
+            cpu_before = sum(cpu_seconds(c.pid) for c in children)
+            pg_cpu_before = await _backends_cpu(conn, database)
+            fake_cpu_before = cpu_seconds(fake.pid)
             await conn.execute(_ENQUEUE_ALL)
             start = time.monotonic()
             finished: dict[str, int] = {}
@@ -132,13 +225,21 @@ async def measure(
             ideal_s = math.ceil(jobs / concurrency) * delay_s
             await wait_until(all_finished, ideal_s * 10 + 60, 0.02, "all jobs finished")
             elapsed = time.monotonic() - start
-            peak_kb = proc_status_kb(worker.pid, "VmHWM")
-            rss_kb = proc_status_kb(worker.pid, "VmRSS")
-            worker_cpu = cpu_seconds(worker.pid) - cpu_before
+            peak_kb = max(proc_status_kb(c.pid, "VmHWM") for c in children)
+            rss_kb = max(proc_status_kb(c.pid, "VmRSS") for c in children)
+            worker_cpu = sum(cpu_seconds(c.pid) for c in children) - cpu_before
+            pg_cpu_after = await _backends_cpu(conn, database)
+            pg_cpu = sum(cpu - pg_cpu_before.get(pid, 0.0) for pid, cpu in pg_cpu_after.items())
+            fake_cpu = cpu_seconds(fake.pid) - fake_cpu_before
+            committed = await commits(conn, database) - commits_before
+            phases = dict(await conn.fetchrow(_PHASES) or {})
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                await spy.wait()
             ok = finished["failed"] == 0
         finally:
-            if worker is not None:
-                await worker.stop(keep_log=not ok)
+            for child in children:
+                await child.stop(keep_log=not ok)
             if fake is not None and fake.returncode is None:
                 fake.terminate()
                 await fake.wait()
@@ -149,6 +250,8 @@ async def measure(
         "delay_s": delay_s,
         "concurrency": concurrency,
         "pool_max": pool_max,
+        "workers": workers,
+        "cold": cold,
         "completed": finished["completed"],
         "failed": finished["failed"],
         "elapsed_s": round(elapsed, 3),
@@ -159,7 +262,119 @@ async def measure(
         "worker_peak_rss_mb": round(peak_kb / 1024, 1),
         "worker_rss_mb": round(rss_kb / 1024, 1),
         "worker_cpu_s": round(worker_cpu, 2),
+        "worker_cpu_ms_per_job": round(1000 * worker_cpu / jobs, 2),
+        "postgres_cpu_ms_per_job": round(1000 * pg_cpu / jobs, 2),
+        "fake_cpu_ms_per_job": round(1000 * fake_cpu / jobs, 2),
+        "commits_per_job": round(committed / jobs, 2),
+        **{f"{k}_s": round(v, 3) for k, v in phases.items() if v is not None},
     }
+
+
+async def measure_sdk_only(
+    jobs: int = 2000, delay_s: float = 2.0, concurrency: int = 500
+) -> dict[str, Any]:
+    """The model calls alone, in a process of their own: see the module's docstring."""
+    port = free_port()
+    fake = await asyncio.create_subprocess_exec(
+        python(),
+        "-m",
+        "tests.fake_anthropic",
+        "--port",
+        str(port),
+        "--delay",
+        str(delay_s),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    client: Child | None = None
+    try:
+        await _wait_for_port(port, 30)
+        fake_cpu_before = cpu_seconds(fake.pid)
+        client = await Child.start(
+            [
+                python(),
+                "-m",
+                "bench.slow_model",
+                "--sdk-client",
+                f"http://127.0.0.1:{port}",
+                "--jobs",
+                str(jobs),
+                "--concurrency",
+                str(concurrency),
+            ],
+            label="slow-model-sdk",
+        )
+        result = await client.expect("result", within=math.ceil(jobs / concurrency) * delay_s * 10)
+        fake_cpu = cpu_seconds(fake.pid) - fake_cpu_before
+    finally:
+        if client is not None:
+            await client.stop()
+        if fake.returncode is None:
+            fake.terminate()
+            await fake.wait()
+    ideal_s = math.ceil(jobs / concurrency) * delay_s
+    elapsed = float(result["elapsed_s"])
+    return {
+        "sdk_only": True,
+        "jobs": jobs,
+        "delay_s": delay_s,
+        "concurrency": concurrency,
+        "elapsed_s": round(elapsed, 3),
+        "ideal_s": ideal_s,
+        "jobs_per_s": round(jobs / elapsed, 1),
+        "share_of_ideal_pct": round(100 * ideal_s / elapsed, 1),
+        "client_cpu_ms_per_call": round(1000 * float(result["cpu_s"]) / jobs, 2),
+        "fake_cpu_ms_per_call": round(1000 * fake_cpu / jobs, 2),
+    }
+
+
+async def _sdk_client(url: str, jobs: int, concurrency: int) -> None:
+    """The child of measure_sdk_only: `concurrency` slots making `jobs` calls in all."""
+    from service.ai.analyzer import MATCH, DocumentText, NoMeter, RequirementText
+    from service.ai.claude import CallConfig, ClaudeAnalyzer, create_client
+
+    client = create_client("x", url, 60.0)
+    config = CallConfig("claude-sonnet-5-5", 2048)
+    analyzer = ClaudeAnalyzer(client, {MATCH: config})
+    requirement = RequirementText(1, "A.5.15", "Access control", "Rules shall be established.")
+    document = DocumentText(1, "Access policy", "Access is granted on least privilege.")
+
+    async def slot(calls: int) -> None:
+        for _ in range(calls):
+            await analyzer.match(requirement, document, NoMeter())
+
+    await slot(1)  # the platform lookup and the first connection, before the clock
+    shares = [
+        jobs // concurrency + (1 if i < jobs % concurrency else 0) for i in range(concurrency)
+    ]
+    cpu_before = cpu_seconds(os.getpid())
+    started = time.monotonic()
+    await asyncio.gather(*(slot(n) for n in shares))
+    elapsed = time.monotonic() - started
+    report("result", elapsed_s=elapsed, cpu_s=cpu_seconds(os.getpid()) - cpu_before)
+    await client.close()
+
+
+async def _py_spy(pid: int, out: str) -> asyncio.subprocess.Process:
+    """py-spy recording the worker's on-CPU stacks until SIGINT."""
+    tool = Path(sys.executable).parent / "py-spy"
+    spy = await asyncio.create_subprocess_exec(
+        str(tool) if tool.exists() else "py-spy",
+        "record",
+        "-p",
+        str(pid),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "-o",
+        out,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    # py-spy needs a moment to attach before the measured span starts.
+    await asyncio.sleep(1.0)
+    return spy
 
 
 def main() -> None:
@@ -169,8 +384,39 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=0)
     parser.add_argument("--pool-max", type=int, default=0)
+    parser.add_argument("--profile", default=None, help="py-spy's collapsed stacks to this file")
+    parser.add_argument(
+        "--cold", action="store_true", help="no warm-up job: the budget learns during the run"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the concurrency (each with its own pool of --pool-max)",
+    )
+    parser.add_argument(
+        "--sdk-only", action="store_true", help="the model calls alone: the SDK's ceiling"
+    )
+    parser.add_argument("--sdk-client", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     preset = TINY if args.scale == "tiny" else FULL
+    jobs = args.jobs or int(preset["jobs"])
+    concurrency = args.concurrency or int(preset["concurrency"])
+    if args.sdk_client is not None:
+        # The loop a worker runs on: uvloop where installed (see service/cli.py).
+        try:
+            import uvloop
+        except ImportError:
+            factory = None
+        else:
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_sdk_client(args.sdk_client, jobs, concurrency))
+        return
+    if args.sdk_only:
+        delay_s = args.delay or float(preset["delay_s"])
+        print(json.dumps(asyncio.run(measure_sdk_only(jobs, delay_s, concurrency))))
+        return
     result = asyncio.run(
         measure(
             admin_dsn(),
@@ -178,6 +424,9 @@ def main() -> None:
             delay_s=args.delay or float(preset["delay_s"]),
             concurrency=args.concurrency or int(preset["concurrency"]),
             pool_max=args.pool_max or int(preset["pool_max"]),
+            profile=args.profile,
+            cold=args.cold,
+            workers=args.workers,
         )
     )
     print(json.dumps(result))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -243,9 +244,16 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class _Segment:
+    """One block of the prompt; its cache key (canonical JSON) is made only when asked for,
+    as only requests with cache breakpoints need it."""
+
     text: str
-    key: str
+    make_key: Callable[[], str]
     cached: bool
+
+    @property
+    def key(self) -> str:
+        return self.make_key()
 
 
 def _block_text(block: Any) -> str:
@@ -286,14 +294,28 @@ def _key(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _system_key(block: Any) -> str:
+    return _key({"system": _key(block)})
+
+
+def _content_key(role: Any, content: str) -> str:
+    return _key({"role": role, "content": content})
+
+
+def _block_key(role: Any, block: Any) -> str:
+    return _key({"role": role, "block": _key(block)})
+
+
 def _segments(body: Mapping[str, Any]) -> Iterator[_Segment]:
     """The prompt in cache order (system, then messages), one segment per block."""
     system = body.get("system")
     if isinstance(system, str):
-        yield _Segment(system, _key({"system": system}), False)
+        yield _Segment(system, lambda: _key({"system": system}), False)
     elif isinstance(system, list):
         for block in system:
-            yield _Segment(_block_text(block), _key({"system": _key(block)}), _is_cached(block))
+            yield _Segment(
+                _block_text(block), functools.partial(_system_key, block), _is_cached(block)
+            )
     messages = body.get("messages")
     if not isinstance(messages, list):
         return
@@ -303,12 +325,12 @@ def _segments(body: Mapping[str, Any]) -> Iterator[_Segment]:
         role = message.get("role")
         content = message.get("content")
         if isinstance(content, str):
-            yield _Segment(content, _key({"role": role, "content": content}), False)
+            yield _Segment(content, functools.partial(_content_key, role, content), False)
         elif isinstance(content, list):
             for block in content:
                 yield _Segment(
                     _block_text(block),
-                    _key({"role": role, "block": _key(block)}),
+                    functools.partial(_block_key, role, block),
                     _is_cached(block),
                 )
 
@@ -666,9 +688,13 @@ def _break_type(payload: Any, schema: Mapping[str, Any]) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+_ID_ALPHABET = string.ascii_letters + string.digits
+# Ids need to be unique, not secret: a PRNG seeded from the OS draws them cheaply.
+_ID_RANDOM = random.Random(secrets.randbits(128))
+
+
 def _new_id(prefix: str) -> str:
-    alphabet = string.ascii_letters + string.digits
-    return prefix + "01" + "".join(secrets.choice(alphabet) for _ in range(22))
+    return prefix + "01" + "".join(_ID_RANDOM.choices(_ID_ALPHABET, k=22))
 
 
 def _rfc3339(wall: float) -> str:
@@ -719,6 +745,8 @@ class FakeAnthropic:
         self._rpm: int | None = None
         self._itpm: int | None = None
         self._window: deque[tuple[float, int]] = deque()
+        # The sum of the window's tokens, kept as it changes rather than summed per request.
+        self._window_tokens = 0
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -796,6 +824,7 @@ class FakeAnthropic:
         self.count_tokens_requests.clear()
         self._cache.clear()
         self._window.clear()
+        self._window_tokens = 0
         self.rate_limited = 0
         self.usages.clear()
 
@@ -868,7 +897,16 @@ class FakeAnthropic:
         try:
             body = json.loads(raw)
         except ValueError as exc:
-            raise _ApiError(Error(400, message=f"Request body is not valid JSON: {exc}")) from exc
+            return FakeAnthropic._checked_body(None, exc)
+        return FakeAnthropic._checked_body(body, None)
+
+    @staticmethod
+    def _checked_body(body: Any, unreadable: ValueError | None) -> JSONDict:
+        """The request's JSON object, or the 400 the API answers instead."""
+        if unreadable is not None:
+            raise _ApiError(
+                Error(400, message=f"Request body is not valid JSON: {unreadable}")
+            ) from unreadable
         if not isinstance(body, dict):
             raise _ApiError(Error(400, message="Request body must be a JSON object"))
         return body
@@ -918,14 +956,16 @@ class FakeAnthropic:
         self.requests.append(record)
         try:
             raw = await request.read()
+            parsed: Any = None
+            unreadable: ValueError | None = None
             try:
                 parsed = json.loads(raw)
-            except ValueError:
-                parsed = None
+            except ValueError as exc:
+                unreadable = exc
             record.body = parsed if isinstance(parsed, dict) else {}
             self._notify()
             try:
-                response = await self._answer(request, record, raw)
+                response = await self._answer(request, record, parsed, unreadable)
             except _ApiError as exc:
                 record.behaviour = record.behaviour or exc.error
                 response = self._error_response(exc.error, exc.headers)
@@ -940,10 +980,14 @@ class FakeAnthropic:
             self._notify()
 
     async def _answer(
-        self, request: web.Request, record: RecordedRequest, raw: bytes
+        self,
+        request: web.Request,
+        record: RecordedRequest,
+        parsed: Any,
+        unreadable: ValueError | None,
     ) -> web.StreamResponse:
         self._check_auth(record.headers)
-        body = self._parse_body(raw)
+        body = self._checked_body(parsed, unreadable)
         self._validate(body)
         tokens = estimate_tokens(request_text(body))
         limit_headers = self._admit(tokens, record)
@@ -956,8 +1000,8 @@ class FakeAnthropic:
     def _admit(self, tokens: int, record: RecordedRequest) -> dict[str, str]:
         now = time.monotonic()
         while self._window and self._window[0][0] <= now - WINDOW_SECONDS:
-            self._window.popleft()
-        used_tokens = sum(t for _, t in self._window)
+            self._window_tokens -= self._window.popleft()[1]
+        used_tokens = self._window_tokens
         wait: float = 0.0
         reason = ""
         if self._rpm is not None and len(self._window) >= self._rpm:
@@ -984,6 +1028,7 @@ class FakeAnthropic:
             record.behaviour = error
             raise _ApiError(error, self._limit_headers(now))
         self._window.append((now, tokens))
+        self._window_tokens += tokens
         return self._limit_headers(now)
 
     def _limit_headers(self, now: float) -> dict[str, str]:
@@ -998,7 +1043,7 @@ class FakeAnthropic:
             "anthropic-ratelimit-requests-reset": _rfc3339(reset),
         }
         if self._itpm is not None:
-            used = sum(t for _, t in self._window)
+            used = self._window_tokens
             headers["anthropic-ratelimit-input-tokens-limit"] = str(self._itpm)
             headers["anthropic-ratelimit-input-tokens-remaining"] = str(max(0, self._itpm - used))
             headers["anthropic-ratelimit-input-tokens-reset"] = _rfc3339(reset)
@@ -1128,6 +1173,21 @@ class FakeAnthropic:
 
     # -- usage and prompt caching ------------------------------------------------------------
 
+    @staticmethod
+    def _prefixes(body: Mapping[str, Any], segments: list[_Segment]) -> list[tuple[str, int]]:
+        """(hash, tokens) of the prefix ending at each block, tools and model included."""
+        scope = _key({"model": body.get("model"), "tools": body.get("tools") or []})
+        digest = hashlib.sha256(scope.encode())
+        prefixes: list[tuple[str, int]] = []
+        length, has_text = 0, False
+        for segment in segments:
+            digest.update(b"\x00" + segment.key.encode())
+            if segment.text:
+                length += len(segment.text) + (1 if has_text else 0)
+                has_text = True
+            prefixes.append((digest.hexdigest(), length // 4))
+        return prefixes
+
     def _usage(self, body: Mapping[str, Any], content: list[JSONDict]) -> JSONDict:
         """Token usage; prompt caching keyed on hashed prefixes ending at cache breakpoints.
 
@@ -1138,19 +1198,10 @@ class FakeAnthropic:
         """
         segments = list(_segments(body))
         total = estimate_tokens(_join([s.text for s in segments]))
-        scope = _key({"model": body.get("model"), "tools": body.get("tools") or []})
-        digest = hashlib.sha256(scope.encode())
-        prefixes: list[tuple[str, int]] = []  # (hash, tokens) of the prefix ending at each block
-        length, has_text = 0, False
-        for segment in segments:
-            digest.update(b"\x00" + segment.key.encode())
-            if segment.text:
-                length += len(segment.text) + (1 if has_text else 0)
-                has_text = True
-            prefixes.append((digest.hexdigest(), length // 4))
         breakpoints = [i for i, segment in enumerate(segments) if segment.cached]
         read = created = 0
         if breakpoints:
+            prefixes = self._prefixes(body, segments)
             for point in breakpoints:
                 for index in range(point, max(-1, point - 21), -1):
                     key, tokens = prefixes[index]
@@ -1277,7 +1328,17 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    asyncio.run(_serve(_parse_args(argv)))
+    # Standalone, the fake shares the machine with what it serves: uvloop, where installed,
+    # costs it less CPU per request than asyncio's own loop.
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(_parse_args(argv)))
     return 0
 
 

@@ -3,6 +3,7 @@ of each job type."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from decimal import Decimal
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from service.ai.accounting import UsageLedger
 from service.ai.analyzer import Usage
 from service.ai.pricing import PriceTable
 from service.config import ConfigError, Settings
@@ -18,6 +20,7 @@ from service.jobs.store import JobStore
 from service.runtime import running_worker
 from tests.conftest import DOCUMENT, make_settings, seed_controls, wait_for_job
 from tests.fake_anthropic import Error, FakeAnthropic, Malformed
+from tests.test_claude_budget import counting_pool
 
 PRICES = {"test-model": {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.3}}
 
@@ -135,6 +138,42 @@ async def test_a_model_without_a_price_has_an_unknown_cost(
     assert (await usage_row(pool, job.id))["cost_usd"] is None
     [row] = await pool.fetch("SELECT * FROM ai_jobs_usage_daily")
     assert (row["unpriced_jobs"], row["cost_usd"]) == (1, None)
+
+
+async def test_calls_answered_together_are_written_together(
+    dsn: str, pool: asyncpg.Pool, entities: EntityStore, jobs: JobStore
+) -> None:
+    requirement = await entities.create_requirement("R-1", "Records", "Keep records")
+    ids = []
+    for i in range(5):
+        doc = await entities.create_document(f"Doc {i}", DOCUMENT)
+        mapping = await entities.create_mapping(requirement["id"], doc["id"])
+        ids.append((await jobs.enqueue("ai-match", mapping["id"])).id)
+    async with counting_pool(dsn) as (counted, statements):
+        ledger = UsageLedger(counted, PriceTable(PRICES))
+        meters = [ledger.meter(job_id) for job_id in ids]
+        # Ten calls of each job, answered at once; one of each job's calls has no price.
+        await asyncio.gather(
+            *(
+                meter.record("test-model" if n else "unknown-model", Usage(1, 100, 10, 5, 0))
+                for n in range(10)
+                for meter in meters
+            )
+        )
+        writes = len([q for q in statements if "usage_calls = j.usage_calls" in q])
+        priced = ledger.meter(ids[0])
+        await pool.execute("UPDATE ai_jobs SET cost_usd = 0 WHERE id = $1", ids[0])
+        await priced.record("test-model", Usage(1, 1_000_000, 0, 0, 0))
+    assert writes < 10  # 50 calls, one statement per write of many
+    for job_id, meter in zip(ids, meters, strict=True):
+        row = await usage_row(pool, job_id)
+        expected = (11, 1_001_000, 100, 0, 50) if job_id == ids[0] else (10, 1_000, 100, 0, 50)
+        assert tuple(row)[:5] == expected
+        # Each meter holds its job's totals as the last write returned them.
+        assert meter.totals is not None
+        assert meter.totals.usage == Usage(10, 1_000, 100, 50, 0)
+        assert meter.totals.cost_usd is None
+    assert priced.totals is not None and priced.totals.cost_usd == Decimal(3)
 
 
 def test_prices_by_model_name_or_family() -> None:

@@ -4,6 +4,7 @@ Postgres, a 429 that pauses everyone, and three worker processes under the fake'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import time
@@ -193,6 +194,72 @@ async def test_answers_settle_the_shared_bucket(pool: asyncpg.Pool) -> None:
     assert row["output_tokens_available"] <= 0
     assert row["rate_limited"] == 1
     assert row["paused_until"] > row["refilled_at"] - timedelta(seconds=0.01)
+
+
+@contextlib.asynccontextmanager
+async def counting_pool(dsn: str) -> AsyncIterator[tuple[asyncpg.Pool, list[str]]]:
+    """A pool, and the statements its connections have run so far, in order."""
+    statements: list[str] = []
+
+    async def init(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+
+    counted = await asyncpg.create_pool(dsn, min_size=1, max_size=4, init=init)
+    assert counted is not None
+    try:
+        yield counted, statements
+    finally:
+        await counted.close()
+
+
+async def test_concurrent_calls_of_a_process_share_their_trips_to_the_bucket(
+    dsn: str, pool: asyncpg.Pool
+) -> None:
+    policy = Policy(Limits(requests=60_000, output_tokens=6_000_000), share=1.0, burst=0.1)
+    async with counting_pool(dsn) as (counted, statements):
+        limiter = RateLimiter(counted, policy)
+        await limiter.acquire("m", 10, 10)  # the bucket exists
+        statements.clear()
+        reservations = await asyncio.gather(*(limiter.acquire("m", 10, 1_000) for _ in range(200)))
+        await asyncio.gather(
+            *(limiter.answered(r, Usage(1, 10, 100, 0, 0), {}) for r in reservations)
+        )
+    # 400 changes of the bucket; one at a time, they took a read and a write each.
+    assert len([q for q in statements if "ai_rate_limits" in q]) < 100
+    row = await pool.fetchrow("SELECT * FROM ai_rate_limits WHERE bucket = 'm'")
+    # Every one of them is in the bucket: 201 requests taken, 900 output tokens back each.
+    assert row["requests_available"] == pytest.approx(6_000 - 201, abs=20)
+    assert row["output_tokens_available"] == pytest.approx(600_000 - 10 - 200 * 100, abs=2_000)
+
+
+async def test_concurrent_processes_lose_none_of_each_others_takes(
+    two_pools: tuple[asyncpg.Pool, asyncpg.Pool], pool: asyncpg.Pool
+) -> None:
+    # 600 requests at once, then 90 a second.
+    policy = Policy(Limits(requests=6_000), share=1.0, burst=0.1)
+    a, b = (RateLimiter(p, policy, max_wait_s=30) for p in two_pools)
+    await a.acquire("m", 10, 10)
+    started = time.monotonic()
+    await asyncio.gather(*(limiter.acquire("m", 10, 10) for _ in range(299) for limiter in (a, b)))
+    elapsed = time.monotonic() - started
+    row = await pool.fetchrow("SELECT * FROM ai_rate_limits WHERE bucket = 'm'")
+    # Both wrote the one row at once, and no write undid the other's: all 599 are taken
+    # (a lost write would leave hundreds in the bucket).
+    assert row["requests_available"] <= 2 + 90 * elapsed
+
+
+async def test_a_caller_that_gives_up_takes_nothing(pool: asyncpg.Pool) -> None:
+    policy = Policy(Limits(requests=600), share=1.0, burst=0.1)  # 60 at once, 9 a second
+    limiter = RateLimiter(pool, policy)
+    await asyncio.gather(*(limiter.acquire("m", 10, 10) for _ in range(60)))
+    waiting = [asyncio.create_task(limiter.acquire("m", 10, 10)) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    started = time.monotonic()
+    await limiter.acquire("m", 10, 10)  # first in line now: the cancelled took nothing
+    assert time.monotonic() - started < 0.5
 
 
 # -- workers ------------------------------------------------------------------------------

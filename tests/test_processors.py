@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -13,6 +14,7 @@ from service.jobs.store import JobStore
 from tests.conftest import seed_controls, wait_for_job
 from tests.fake_anthropic import Delay, FakeAnthropic, Malformed, Refusal, Reply, request_text
 from tests.test_api_jobs import make_mapping
+from tests.test_claude_budget import counting_pool
 
 Client = TestClient[Any, Any]
 
@@ -222,3 +224,24 @@ async def test_entity_deleted_while_running_fails_the_job(
     assert job.status == "failed"
     assert f"Mapping {mapping['id']}" in (job.error_message or "")
     assert job.result is None
+
+
+async def test_mappings_asked_for_together_are_read_together(
+    dsn: str, entities: EntityStore
+) -> None:
+    requirement = await entities.create_requirement("R-1", "Records", "Keep records")
+    ids = []
+    for i in range(40):
+        doc = await entities.create_document(f"Doc {i}", f"Records are kept for doc {i}.")
+        ids.append((await entities.create_mapping(requirement["id"], doc["id"]))["id"])
+    async with counting_pool(dsn) as (counted, statements):
+        store = EntityStore(counted)
+        missing = max(ids) + 1000
+        found = await asyncio.gather(
+            *(store.mapping_for_analysis(i) for i in [*ids, missing, ids[0]])
+        )
+    assert [m.id if m else None for m in found] == [*ids, None, ids[0]]
+    assert found[7] is not None and found[7].document_content == "Records are kept for doc 7."
+    assert found[7].requirement_code == "R-1"
+    # 42 asked, a few reads: the first ones at once, the rest together after them.
+    assert len([q for q in statements if "The mappings among $1" in q]) < 10

@@ -6,6 +6,7 @@ after, and is told to the job's meter as soon as it is answered.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -65,14 +66,26 @@ def create_client(api_key: str, base_url: str | None, timeout_s: float) -> anthr
     )
 
 
-def estimate_input_tokens(system: str, messages: object, tools: object) -> int:
-    """Input tokens of a request before it is sent, from its size."""
-    size = len(system) + len(json.dumps(messages)) + len(json.dumps(tools))
+def estimate_input_tokens(system: str, messages: object, tools_chars: int) -> int:
+    """Input tokens of a request before it is sent, from its size (the tools' JSON counted
+    once per tool definition, see _tool)."""
+    size = len(system) + len(json.dumps(messages)) + tools_chars
     return math.ceil(size / CHARS_PER_TOKEN)
 
 
-def _tool(name: str, description: str, model: type[BaseModel]) -> dict[str, Any]:
-    return {"name": name, "description": description, "input_schema": model.model_json_schema()}
+@dataclass(frozen=True)
+class _Tool:
+    """A forced tool's definition, built once per answer model: the list the request sends,
+    and its size in JSON for the token estimate."""
+
+    tools: list[dict[str, Any]]
+    json_chars: int
+
+
+@functools.cache
+def _tool(name: str, description: str, model: type[BaseModel]) -> _Tool:
+    tools = [{"name": name, "description": description, "input_schema": model.model_json_schema()}]
+    return _Tool(tools, len(json.dumps(tools)))
 
 
 def _validation_problem(exc: ValidationError) -> str:
@@ -162,10 +175,10 @@ class ClaudeAnalyzer:
         """One forced tool call; one corrective retry when the answer does not validate."""
         usage = Usage()
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
-        tools = [_tool(tool_name, description, answer_model)]
+        tool = _tool(tool_name, description, answer_model)
         problem = ""
         for attempt in (1, 2):
-            response = await self._create(config, messages, tools, tool_name)
+            response = await self._create(config, messages, tool, tool_name)
             used = _usage_of(response)
             usage.add(used)
             await meter.record(config.model, used)
@@ -214,14 +227,14 @@ class ClaudeAnalyzer:
         self,
         config: CallConfig,
         messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]],
+        tool: _Tool,
         tool_name: str,
     ) -> Message:
         reservation: Reservation | None = None
         if self._limiter is not None:
             reservation = await self._limiter.acquire(
                 config.model,
-                estimate_input_tokens(prompts.SYSTEM, messages, tools),
+                estimate_input_tokens(prompts.SYSTEM, messages, tool.json_chars),
                 config.max_tokens,
             )
         # The SDK no longer takes sampling parameters by name; the API still does, on the
@@ -233,7 +246,7 @@ class ClaudeAnalyzer:
                 max_tokens=config.max_tokens,
                 system=prompts.SYSTEM,
                 messages=cast(Any, messages),
-                tools=cast(Any, tools),
+                tools=cast(Any, tool.tools),
                 tool_choice={"type": "tool", "name": tool_name},
                 extra_body=extra_body,
             )
@@ -268,7 +281,9 @@ class ClaudeAnalyzer:
             tokens.labels("cache_read").inc(usage.cache_read_input_tokens)
             tokens.labels("cache_creation").inc(usage.cache_creation_input_tokens)
         if reservation is not None and self._limiter is not None:
-            await self._limiter.answered(reservation, usage, raw.headers)
+            # The job does not wait for its budget's settle: it goes with the bucket's next
+            # write, while the job records its usage and completes.
+            self._limiter.answered_soon(reservation, usage, raw.headers)
         return message
 
     def _count_error(self, status: str) -> None:

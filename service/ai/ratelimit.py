@@ -5,7 +5,9 @@ organisation. Each model call takes its share of a token bucket (one row of ai_r
 per model) before it is sent, waiting while the bucket is short rather than collecting 429s,
 and settles after the answer: unused tokens go back, the anthropic-ratelimit-* headers
 correct the bucket and teach the limits when none are configured, and a 429 that slipped
-through anyway pauses every worker until its retry-after.
+through anyway pauses every worker until its retry-after. The calls of one process go to
+the database together (see RateLimiter), so that hundreds of calls at once cost a few round
+trips rather than two transactions each.
 
 The bucket holds at most `burst` of a minute's budget and refills the rest evenly over the
 minute, so no 60-second window, sliding or fixed, ever sees more than the limit, and calls go
@@ -18,8 +20,10 @@ share x (1 - burst) of each limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,6 +32,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from service.ai.analyzer import Usage
+from service.db.pool import Connection
 from service.db.queries import Queries
 from service.jobs.model import RetryLater
 from service.logs import get_logger
@@ -44,6 +49,10 @@ DEFAULT_PAUSE_S = 5.0
 # Sleep at most this long between looks at the bucket, so that better news (limits learned,
 # tokens given back) is seen soon.
 MAX_SLEEP_S = 5.0
+# The budget's task keeps its connection this long after its last round, for the next call's
+# take or settle: under load they keep coming, and each would otherwise queue again for a
+# connection of the pool behind everything else the jobs do.
+LINGER_S = 1.0
 
 # What a refill computed to a rounding error short of a whole request still pays for it.
 _EPSILON = 1e-9
@@ -260,17 +269,64 @@ class Reservation:
     output_tokens: int
 
 
+@dataclass
+class _Take:
+    """One call waiting for its budget."""
+
+    need: dict[str, float]
+    reservation: Reservation
+    started: float
+    granted: asyncio.Future[None]
+
+
+@dataclass
+class _Settle:
+    """One answer's change of the bucket, waiting to be written."""
+
+    change: Callable[[Bucket, datetime], None]
+    done: asyncio.Future[None]
+
+
+@dataclass
+class _Line:
+    """The calls of this process on one bucket: takes in the order they asked, settles, and
+    the one task that brings them to the database together."""
+
+    loop: asyncio.AbstractEventLoop
+    takes: deque[_Take] = field(default_factory=deque)
+    settles: list[_Settle] = field(default_factory=list)
+    # Set when a settle arrives while the first take in line sleeps: it may bring room.
+    news: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when anything arrives: the task, holding its connection a moment, goes on.
+    work: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None = None) -> None:
+    """Resolve a waiter's future unless its waiter gave up (cancelled) meanwhile."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class RateLimiter:
-    """The budget every worker shares. One per process; any number of processes."""
+    """The budget every worker shares. One per process; any number of processes.
+
+    The calls of one process on one bucket meet the database together: every change they
+    wait for (the takes of calls in line, first come first served, and the settles of
+    answers) is applied, in order and with the same arithmetic as one by one, in one read and
+    one write of the bucket's row. Hundreds of concurrent calls cost a few round trips between
+    them rather than a locked transaction each.
+    """
 
     def __init__(self, pool: asyncpg.Pool, policy: Policy, max_wait_s: float = 120.0) -> None:
         self.pool = pool
         self.policy = policy
         self.max_wait_s = max_wait_s
-        # The calls of this process wait their turn first come, first served, and only the
-        # first of them asks the shared bucket: waiters that all woke together to ask would
-        # make the next free slot a lottery, and leave some calls waiting far longer.
-        self._turns: dict[str, asyncio.Lock] = {}
+        self._lines: dict[str, _Line] = {}
 
     async def acquire(self, bucket: str, input_tokens: int, output_tokens: int) -> Reservation:
         """Wait until the bucket has room for one call of this size, and take it.
@@ -278,50 +334,39 @@ class RateLimiter:
         Raises RetryLater when the wait would be longer than `max_wait_s` (the job goes back
         to the queue rather than hold a worker slot), or when the database cannot be asked.
         """
-        started = time.monotonic()
-        turn = self._turns.setdefault(bucket, asyncio.Lock())
+        take = _Take(
+            {"requests": 1.0, "input_tokens": input_tokens, "output_tokens": output_tokens},
+            Reservation(bucket, input_tokens, output_tokens),
+            time.monotonic(),
+            asyncio.get_running_loop().create_future(),
+        )
+        line = self._line(bucket)
+        line.takes.append(take)
+        line.work.set()
+        self._serve(bucket, line)
         try:
             async with asyncio.timeout(self.max_wait_s):
-                await turn.acquire()
+                await take.granted
         except TimeoutError:
             raise BudgetExhausted(
                 f"Other calls have waited for Claude's rate limit budget for over "
                 f"{self.max_wait_s:.0f} s",
                 kind="rate_limited",
             ) from None
-        try:
-            return await self._take(bucket, input_tokens, output_tokens, started)
-        finally:
-            turn.release()
-
-    async def _take(
-        self, bucket: str, input_tokens: int, output_tokens: int, started: float
-    ) -> Reservation:
-        need = {"requests": 1.0, "input_tokens": input_tokens, "output_tokens": output_tokens}
-        while True:
-            try:
-                wait = await self._change(bucket, lambda b, now: b.take(now, need, self.policy))
-            except _DB_ERRORS as exc:
-                raise RetryLater(
-                    f"Could not take Claude's rate limit budget from the database: {exc}"
-                ) from exc
-            if wait <= 0:
-                return Reservation(bucket, input_tokens, output_tokens)
-            waited = time.monotonic() - started
-            if waited + wait > self.max_wait_s:
-                raise BudgetExhausted(
-                    f"Claude's rate limit budget is spent for the next {wait:.0f} s",
-                    delay=wait,
-                    kind="rate_limited",
-                )
-            # Everyone waiting wakes at about the same moment: spread them a little.
-            nap = min(wait, MAX_SLEEP_S)
-            await asyncio.sleep(max(nap * random.uniform(1.0, 1.1), 0.01))
+        return take.reservation
 
     async def answered(
         self, reservation: Reservation, usage: Usage, headers: Mapping[str, str] | None
     ) -> None:
         """A call was answered: give back what it did not use, and learn from its headers.
+        Returns once the bucket is written (or could not be)."""
+        await self.answered_soon(reservation, usage, headers)
+
+    def answered_soon(
+        self, reservation: Reservation, usage: Usage, headers: Mapping[str, str] | None
+    ) -> asyncio.Future[None]:
+        """As `answered`, without waiting: the settle goes with the bucket's next write, and
+        the returned future is done once it is written (or could not be).
 
         Cache reads do not count against the input tokens limit; cache writes do.
         """
@@ -330,12 +375,13 @@ class RateLimiter:
             "input_tokens": reservation.input_tokens - used_input,
             "output_tokens": reservation.output_tokens - usage.output_tokens,
         }
+        rate_headers = RateHeaders.parse(headers)
 
         def settle(b: Bucket, now: datetime) -> None:
-            b.learn(now, RateHeaders.parse(headers), self.policy)
+            b.learn(now, rate_headers, self.policy)
             b.give_back(now, unused, self.policy)
 
-        await self._settle(reservation.bucket, settle)
+        return self._settle(reservation.bucket, settle)
 
     async def rejected(
         self,
@@ -366,21 +412,181 @@ class RateLimiter:
             log.warning("claude_rate_limited", bucket=reservation.bucket, retry_after_s=retry_after)
         await self._settle(reservation.bucket, settle)
 
-    async def _settle(self, bucket: str, change: Callable[[Bucket, datetime], None]) -> None:
-        try:
-            await self._change(bucket, change)
-        except _DB_ERRORS as exc:
-            # The bucket stays more cautious than it needs to be until the next answer.
-            log.warning("rate_limit_not_settled", bucket=bucket, error=str(exc))
+    def _settle(
+        self, bucket: str, change: Callable[[Bucket, datetime], None]
+    ) -> asyncio.Future[None]:
+        """Queue a change for the next write of the bucket; the future is done once it is
+        written (or could not be: the bucket then stays more cautious than it needs to be)."""
+        line = self._line(bucket)
+        settle = _Settle(change, line.loop.create_future())
+        line.settles.append(settle)
+        line.news.set()
+        line.work.set()
+        self._serve(bucket, line)
+        return settle.done
 
-    async def _change(self, bucket: str, change: Callable[[Bucket, datetime], T]) -> T:
-        async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(Q.lock_bucket, bucket)
+    def _line(self, bucket: str) -> _Line:
+        loop = asyncio.get_running_loop()
+        line = self._lines.get(bucket)
+        if line is None or line.loop is not loop:
+            line = self._lines[bucket] = _Line(loop)
+        return line
+
+    def _serve(self, bucket: str, line: _Line) -> None:
+        if line.task is None or line.task.done():
+            line.task = line.loop.create_task(self._run_line(bucket, line), name=f"budget:{bucket}")
+
+    async def _run_line(self, bucket: str, line: _Line) -> None:
+        """Rounds while there is work: on one connection while they follow each other (and
+        for LINGER_S after, for more), none held while the first take in line sleeps."""
+        try:
+            while line.takes or line.settles:
+                nap = 0.0
+                try:
+                    async with self.pool.acquire() as conn:
+                        while nap == 0 and await self._more(line):
+                            nap = await self._round(conn, bucket, line)
+                except _RoundFailed:
+                    continue
+                except _DB_ERRORS as exc:
+                    # No connection to be had: what waits now fails, as it would have on its
+                    # own.
+                    self._failed(bucket, line, line.settles, list(line.takes), exc)
+                    line.settles = []
+                    continue
+                # An answer settled meanwhile may have made room: look again then.
+                if nap > 0 and not line.settles:
+                    line.news.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(nap):
+                            await line.news.wait()
+        except BaseException as exc:
+            # Nobody waits forever on a line whose task died.
+            for take in line.takes:
+                _resolve(
+                    take.granted,
+                    RetryLater(f"Claude's rate limit budget could not be kept: {exc!r}"),
+                )
+            for settle in line.settles:
+                _resolve(settle.done)
+            line.takes.clear()
+            line.settles.clear()
+            raise
+
+    @staticmethod
+    async def _more(line: _Line) -> bool:
+        """Whether there is work, waiting up to LINGER_S for some."""
+        if not (line.takes or line.settles):
+            line.work.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LINGER_S):
+                    await line.work.wait()
+        return bool(line.takes or line.settles)
+
+    async def _round(self, conn: Connection, bucket: str, line: _Line) -> float:
+        """One read and write of the bucket: the settles queued so far, then as many takes,
+        in line order, as the bucket has room for. Returns how long to sleep before the next
+        round (0: at once, when there is work)."""
+        settles, line.settles = line.settles, []
+        takes = [t for t in line.takes if not t.granted.done()]
+
+        def change(b: Bucket, now: datetime) -> tuple[int, float]:
+            for settle in settles:
+                settle.change(b, now)
+            for granted, take in enumerate(takes):
+                wait = b.take(now, take.need, self.policy)
+                if wait > 0:
+                    return granted, wait
+            return len(takes), 0.0
+
+        try:
+            granted, wait = await self._change(conn, bucket, change)
+        except _DB_ERRORS as exc:
+            # Only this round's changes fail; the connection goes back to the pool (the
+            # pool replaces it when it broke), and the next round takes another.
+            self._failed(bucket, line, settles, takes, exc)
+            raise _RoundFailed from exc
+        for settle in settles:
+            _resolve(settle.done)
+        for take in takes[:granted]:
+            if take.granted.done():
+                # Its caller gave up while the budget was being taken: give it all back.
+                line.settles.append(_Settle(self._give_back_all(take), _orphan()))
+            else:
+                take.granted.set_result(None)
+        self._drop(line, set(map(id, takes[:granted])))
+        if wait <= 0 or not line.takes:
+            return 0.0
+        head = takes[granted]
+        if head.granted.done():
+            return 0.0
+        if time.monotonic() - head.started + wait > self.max_wait_s:
+            _resolve(
+                head.granted,
+                BudgetExhausted(
+                    f"Claude's rate limit budget is spent for the next {wait:.0f} s",
+                    delay=wait,
+                    kind="rate_limited",
+                ),
+            )
+            self._drop(line, {id(head)})
+            return 0.0
+        # Everyone waiting wakes at about the same moment: spread them a little.
+        return max(min(wait, MAX_SLEEP_S) * random.uniform(1.0, 1.1), 0.01)
+
+    def _failed(
+        self,
+        bucket: str,
+        line: _Line,
+        settles: list[_Settle],
+        takes: list[_Take],
+        exc: BaseException,
+    ) -> None:
+        """The database could not be asked: the takes fail (their jobs retry later), and the
+        settles are dropped (the bucket stays more cautious than it needs to be)."""
+        if settles:
+            log.warning("rate_limit_not_settled", bucket=bucket, error=str(exc))
+        for settle in settles:
+            _resolve(settle.done)
+        for take in takes:
+            _resolve(
+                take.granted,
+                RetryLater(f"Could not take Claude's rate limit budget from the database: {exc}"),
+            )
+        self._drop(line, set(map(id, takes)))
+
+    @staticmethod
+    def _drop(line: _Line, taken: set[int]) -> None:
+        """Take out of the line the takes served, and those whose caller gave up."""
+        line.takes = deque(t for t in line.takes if id(t) not in taken and not t.granted.done())
+
+    def _give_back_all(self, take: _Take) -> Callable[[Bucket, datetime], None]:
+        def settle(b: Bucket, now: datetime) -> None:
+            b.give_back(now, take.need, self.policy)
+
+        return settle
+
+    @staticmethod
+    async def _change(conn: Connection, bucket: str, change: Callable[[Bucket, datetime], T]) -> T:
+        """Read the bucket, apply `change`, and write it back unless another process wrote it
+        in between (then again, from what that one wrote): two round trips, no lock held
+        across them. `change` may run more than once and must only change the bucket."""
+        while True:
+            row = await conn.fetchrow(Q.read_bucket, bucket)
             if row is None:
                 await conn.execute(Q.create_bucket, bucket)
-                row = await conn.fetchrow(Q.lock_bucket, bucket)
-                assert row is not None
+                continue
             state = Bucket.from_row(row)
             result = change(state, row["now"])
-            await conn.execute(Q.save_bucket, bucket, *state.columns())
-        return result
+            saved = await conn.execute(Q.save_bucket, bucket, *state.columns(), row["version"])
+            if saved == "UPDATE 1":
+                return result
+
+
+class _RoundFailed(Exception):
+    """A round's read or write of the bucket failed; its changes have been told so."""
+
+
+def _orphan() -> asyncio.Future[None]:
+    """A future nobody waits for."""
+    return asyncio.get_running_loop().create_future()

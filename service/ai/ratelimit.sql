@@ -1,5 +1,8 @@
 -- Runtime SQL of the shared rate limit budget, one row per model in ai_rate_limits
--- (sql/005_claude_budget.sql). Every change is lock, compute, save, in one short transaction.
+-- (sql/005_claude_budget.sql). Every change is read, compute, then a write that succeeds only
+-- when nobody wrote the row in between (its xmin, the transaction that wrote the version we
+-- read, is unchanged); otherwise the change is computed again from the newer row. No
+-- transaction stays open across the computation.
 
 -- name: create_bucket
 -- A new bucket starts full: its first refill brings the infinite balance down to capacity.
@@ -8,14 +11,14 @@ INSERT INTO ai_rate_limits (bucket, requests_available, input_tokens_available,
 VALUES ($1, 'Infinity', 'Infinity', 'Infinity')
 ON CONFLICT DO NOTHING;
 
--- name: lock_bucket
+-- name: read_bucket
 -- The database's clock is the one every worker on every machine shares.
-SELECT b.*, clock_timestamp() AS now
+SELECT b.*, b.xmin AS version, clock_timestamp() AS now
 FROM ai_rate_limits AS b
-WHERE b.bucket = $1
-FOR UPDATE;
+WHERE b.bucket = $1;
 
 -- name: save_bucket
+-- $13: the version read; "UPDATE 0" when another process wrote the row since.
 UPDATE ai_rate_limits
 SET requests_limit = $2,
     input_tokens_limit = $3,
@@ -28,4 +31,4 @@ SET requests_limit = $2,
     paused_until = $10,
     rate_limited = $11,
     last_rate_limited_at = $12
-WHERE bucket = $1;
+WHERE bucket = $1 AND xmin = $13;

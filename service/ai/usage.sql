@@ -2,16 +2,23 @@
 -- (sql/005_claude_budget.sql).
 
 -- name: add_usage
--- One model call's tokens and cost, added to its job. Not fenced by the lease: the tokens
--- were spent whoever holds the job now. A NULL cost (no price known) makes the job's NULL.
-UPDATE ai_jobs
-SET usage_calls = usage_calls + $2,
-    usage_input_tokens = usage_input_tokens + $3,
-    usage_output_tokens = usage_output_tokens + $4,
-    usage_cache_read_tokens = usage_cache_read_tokens + $5,
-    usage_cache_write_tokens = usage_cache_write_tokens + $6,
-    cost_usd = cost_usd + $7::numeric
-WHERE id = $1;
+-- Model calls' tokens and cost, added to their jobs: $1 to $7 are arrays with one entry per
+-- job (each id at most once), and each job's totals after the addition are returned. Not
+-- fenced by the lease: the tokens were spent whoever holds the job now. A NULL cost (no price
+-- known) makes the job's NULL.
+UPDATE ai_jobs AS j
+SET usage_calls = j.usage_calls + u.calls,
+    usage_input_tokens = j.usage_input_tokens + u.input_tokens,
+    usage_output_tokens = j.usage_output_tokens + u.output_tokens,
+    usage_cache_read_tokens = j.usage_cache_read_tokens + u.cache_read_tokens,
+    usage_cache_write_tokens = j.usage_cache_write_tokens + u.cache_write_tokens,
+    cost_usd = j.cost_usd + u.cost
+FROM unnest($1::uuid[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[],
+            $7::numeric[])
+  AS u (id, calls, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost)
+WHERE j.id = u.id
+RETURNING j.id, j.usage_calls, j.usage_input_tokens, j.usage_output_tokens,
+          j.usage_cache_read_tokens, j.usage_cache_write_tokens, j.cost_usd;
 
 -- name: job_usage
 SELECT usage_calls, usage_input_tokens, usage_output_tokens, usage_cache_read_tokens,

@@ -27,7 +27,8 @@ INSERT INTO requirement_mappings (requirement_id, document_id) VALUES ($1, $2) R
 -- name: get_mapping
 SELECT * FROM requirement_mappings WHERE id = $1;
 
--- name: get_mapping_for_analysis
+-- name: get_mappings_for_analysis
+-- The mappings among $1 that exist, each with its requirement and document.
 SELECT m.id, m.requirement_id, m.document_id,
        r.code AS requirement_code, r.title AS requirement_title,
        r.description AS requirement_description,
@@ -35,7 +36,7 @@ SELECT m.id, m.requirement_id, m.document_id,
 FROM requirement_mappings m
 JOIN requirements r ON r.id = m.requirement_id
 JOIN documents d ON d.id = m.document_id
-WHERE m.id = $1;
+WHERE m.id = ANY($1::bigint[]);
 
 -- name: mapped_documents
 SELECT d.id, d.title, d.content

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,9 +49,16 @@ class EntityNotFound(LookupError):
     pass
 
 
+# Mappings read in one statement at most: their documents' contents travel together.
+MAPPINGS_PER_READ = 32
+# Reads of mappings on their way at once.
+MAPPING_READS_AT_ONCE = 4
+
+
 class EntityStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._mappings = _MappingReads(pool)
 
     # -- creation and reads ------------------------------------------------------------
 
@@ -88,8 +97,11 @@ class EntityStore:
         return await self._maybe(Q.get_mapping, mapping_id)
 
     async def mapping_for_analysis(self, mapping_id: int) -> MappingForAnalysis | None:
-        row = await self.pool.fetchrow(Q.get_mapping_for_analysis, mapping_id)
-        return MappingForAnalysis(**dict(row)) if row else None
+        """The mapping with its requirement and document; None when it does not exist.
+
+        Jobs that start together ask together: see _MappingReads.
+        """
+        return await self._mappings.get(mapping_id)
 
     async def mapped_documents(self, requirement_id: int) -> list[Row]:
         return [dict(r) for r in await self.pool.fetch(Q.mapped_documents, requirement_id)]
@@ -184,3 +196,73 @@ class EntityStore:
     async def _maybe(self, query: str, *args: Any) -> Row | None:
         row = await self.pool.fetchrow(query, *args)
         return dict(row) if row else None
+
+
+class _MappingReads:
+    """Reads of mappings for analysis, coalesced: a read starts at once while fewer than
+    MAPPING_READS_AT_ONCE are on their way; otherwise the mapping waits for the next read to
+    finish, which then reads every mapping waiting (up to MAPPINGS_PER_READ) in one statement.
+    A burst of jobs thus costs a few round trips, and a lone job none more than before."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wanted: dict[int, list[asyncio.Future[MappingForAnalysis | None]]] = {}
+        self._readers: set[asyncio.Task[None]] = set()
+
+    async def get(self, mapping_id: int) -> MappingForAnalysis | None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # What an earlier event loop left behind will never be answered there.
+            self._loop, self._wanted, self._readers = loop, {}, set()
+        future: asyncio.Future[MappingForAnalysis | None] = loop.create_future()
+        self._wanted.setdefault(mapping_id, []).append(future)
+        if len(self._readers) < MAPPING_READS_AT_ONCE:
+            reader = loop.create_task(self._read(), name="mapping-reads")
+            self._readers.add(reader)
+            reader.add_done_callback(self._readers.discard)
+        return await future
+
+    async def _read(self) -> None:
+        """Reads while mappings wait, on one connection while the reads follow each other."""
+        while self._wanted:
+            try:
+                async with self._pool.acquire() as conn:
+                    while self._wanted:
+                        await self._read_some(conn)
+            except _ReadFailed:
+                continue
+            except Exception as exc:
+                # No connection to be had: what waits fails, as it would have on its own.
+                waiting, self._wanted = self._wanted, {}
+                _fail([f for futures in waiting.values() for f in futures], exc)
+
+    async def _read_some(self, conn: Connection) -> None:
+        ids = list(itertools.islice(self._wanted, MAPPINGS_PER_READ))
+        waiting = [self._wanted.pop(i) for i in ids]
+        try:
+            rows = await conn.fetch(Q.get_mappings_for_analysis, ids)
+        except Exception as exc:
+            _fail([f for futures in waiting for f in futures], exc)
+            # The connection goes back (replaced by the pool when it broke).
+            raise _ReadFailed from exc
+        except BaseException:
+            for futures in waiting:
+                for future in futures:
+                    future.cancel()
+            raise
+        found = {row["id"]: MappingForAnalysis(**dict(row)) for row in rows}
+        for mapping_id, futures in zip(ids, waiting, strict=True):
+            for future in futures:
+                if not future.done():
+                    future.set_result(found.get(mapping_id))
+
+
+class _ReadFailed(Exception):
+    """A read failed; its waiters have been told so."""
+
+
+def _fail(futures: list[asyncio.Future[MappingForAnalysis | None]], exc: Exception) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(exc)

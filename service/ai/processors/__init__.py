@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TypeVar
 
-from service.ai.accounting import JobUsage, UsageLedger
+from service.ai.accounting import JobMeter, JobUsage, UsageLedger
 from service.ai.analyzer import Analyzer, Meter, NoMeter, Usage
 from service.ai.batches import CallRunner, Codec, Unit, Wording, plan_of
 from service.entities.store import EntityStore
@@ -35,8 +35,11 @@ class ProcessorDeps:
     def meter(self, ctx: JobContext) -> Meter:
         return self.ledger.meter(ctx.job.id) if self.ledger is not None else NoMeter()
 
-    async def usage(self, ctx: JobContext, this_attempt: Usage) -> JobUsage:
-        """Everything the job's calls used, earlier attempts included, and its cost."""
+    async def usage(self, ctx: JobContext, this_attempt: Usage, meter: Meter) -> JobUsage:
+        """Everything the job's calls used, earlier attempts included, and its cost: as the
+        write of the job's last call returned it, else read."""
+        if isinstance(meter, JobMeter) and meter.totals is not None:
+            return meter.totals
         if self.ledger is not None:
             return await self.ledger.totals(ctx.job.id)
         return JobUsage(this_attempt, Decimal(0) if this_attempt.calls == 0 else None)

@@ -113,7 +113,7 @@ def processor(deps: ProcessorDeps) -> Processor:
             "gaps": answer.gaps,
             "documents": per_document,
             **({"parts": len(parts)} if len(parts) > 1 else {}),
-            **analyzer_fields(deps, JOB_TYPE, await deps.usage(ctx, spent)),
+            **analyzer_fields(deps, JOB_TYPE, await deps.usage(ctx, spent, meter)),
         }
         return Completion(result, apply, f"Coverage {answer.coverage_score}%")
 

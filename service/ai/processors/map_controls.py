@@ -105,7 +105,7 @@ def processor(deps: ProcessorDeps) -> Processor:
             "mappedControls": _encode(matches),
             "batches": len(batches),
             **({"sections": len(sections)} if len(sections) > 1 else {}),
-            **analyzer_fields(deps, JOB_TYPE, await deps.usage(ctx, spent)),
+            **analyzer_fields(deps, JOB_TYPE, await deps.usage(ctx, spent, meter)),
         }
         return Completion(
             result, apply, f"Mapped {len(matches)} controls in {len(batches)} batches"

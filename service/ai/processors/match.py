@@ -103,7 +103,7 @@ def processor(deps: ProcessorDeps) -> Processor:
             "aiMatchRationale": answer.rationale,
             "aiMatchRecommendations": answer.recommendations,
             **({"sections": len(sections)} if len(sections) > 1 else {}),
-            **analyzer_fields(deps, JOB_TYPE, await deps.usage(ctx, spent)),
+            **analyzer_fields(deps, JOB_TYPE, await deps.usage(ctx, spent, meter)),
         }
         return Completion(result, apply, f"Match score {answer.score}")
 
