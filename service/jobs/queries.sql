@@ -56,10 +56,28 @@ FROM due
 WHERE j.id = due.id
 RETURNING j.*;
 
--- name: update_progress
-UPDATE ai_jobs
-SET progress_message = $4, progress_current = $5, progress_total = $6
-WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
+-- name: update_progress_many
+-- The progress of many running jobs in one statement (see JobStore.progress): $1..$6 are
+-- parallel arrays of job id, lease owner, attempt, message, current and total, one entry per
+-- job. Each row is fenced; the ids returned are the jobs written, any other was no longer
+-- ours. Rows are locked in id order, as every multi-row write of the worker locks them.
+WITH reported AS (
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::int[])
+    AS r (id, locked_by, attempts, message, current, total)
+), mine AS (
+  SELECT j.id, reported.message, reported.current, reported.total FROM ai_jobs AS j
+  JOIN reported ON j.id = reported.id AND j.locked_by = reported.locked_by
+    AND j.attempts = reported.attempts
+  WHERE j.status = 'processing'
+  ORDER BY j.id
+  FOR UPDATE OF j
+)
+UPDATE ai_jobs AS j
+SET progress_message = mine.message, progress_current = mine.current,
+    progress_total = mine.total
+FROM mine
+WHERE j.id = mine.id
+RETURNING j.id;
 
 -- name: save_checkpoint
 UPDATE ai_jobs

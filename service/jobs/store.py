@@ -149,9 +149,14 @@ class JobReader:
         return [Job.from_record(r) for r in rows]
 
 
+_Progress = tuple[Job, str, int | None, int | None]  # the job, message, current, total
+
+
 class JobStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # Progress of many running jobs, written together (see `progress`).
+        self._progress: Grouped[_Progress, None] = Grouped(self._write_progress)
 
     @contextlib.asynccontextmanager
     async def reader(self, claims: Mapping[str, object] | None) -> AsyncIterator[JobReader]:
@@ -250,11 +255,29 @@ class JobStore:
         current: int | None,
         total: int | None,
     ) -> None:
-        status = await self.pool.execute(
-            Q.update_progress, job.id, job.locked_by, job.attempts, message, current, total
+        """Record a running job's progress; raises LeaseLost when the job is no longer ours.
+
+        The progress of jobs that report while one write is in flight goes together in the
+        next: one statement, one commit and one NOTIFY for all of them. A lone report goes at
+        once.
+        """
+        await self._progress.submit((job, message, current, total))
+
+    async def _write_progress(self, reports: list[_Progress]) -> list[Exception | None]:
+        # A job that reported twice in one group: its last report is the one written.
+        last = {job.id: (job, message, current, total) for job, message, current, total in reports}
+        latest = list(last.values())
+        rows = await self.pool.fetch(
+            Q.update_progress_many,
+            [job.id for job, _, _, _ in latest],
+            [job.locked_by for job, _, _, _ in latest],
+            [job.attempts for job, _, _, _ in latest],
+            [message for _, message, _, _ in latest],
+            [current for _, _, current, _ in latest],
+            [total for _, _, _, total in latest],
         )
-        if status == "UPDATE 0":
-            raise LeaseLost(str(job.id))
+        written = {r["id"] for r in rows}
+        return [None if job.id in written else LeaseLost(str(job.id)) for job, _, _, _ in reports]
 
     async def checkpoint(self, job: Job, data: object) -> None:
         """Replace the job's checkpoint; raises LeaseLost when the job is no longer ours."""

@@ -1,4 +1,5 @@
-"""Completions in groups, slots freed while outcomes are written, and the worker's commits."""
+"""The worker's writes in groups (completions, progress), slots freed while outcomes are
+written, and the worker's commits."""
 
 from __future__ import annotations
 
@@ -79,6 +80,51 @@ async def test_a_completion_that_is_no_longer_ours_fails_alone_in_its_group(
     assert by_id[claimed[2].id]["result"] == {"n": claimed[2].entity_id}
     assert by_id[cancelled.id]["status"] == "failed"
     assert by_id[cancelled.id]["result"] is None
+
+
+async def test_progress_of_many_jobs_is_written_together_each_its_own(
+    pool: asyncpg.Pool, jobs: JobStore
+) -> None:
+    for entity_id in range(1, 31):
+        await jobs.enqueue("ai-match", entity_id)
+    claimed = await jobs.claim(30, "worker-a", 60)
+    gone = claimed[7]
+    await jobs.cancel(gone.id)
+    first = claimed[0]
+
+    outcomes = await asyncio.gather(
+        *(jobs.progress(job, f"Step of {job.entity_id}", 1, 3) for job in claimed),
+        # The same job twice in one group: the later report is the one that stays.
+        jobs.progress(first, "Later step", 2, 3),
+        return_exceptions=True,
+    )
+
+    assert [type(o) for o in outcomes].count(LeaseLost) == 1
+    assert isinstance(outcomes[7], LeaseLost)
+    rows = {
+        row["id"]: row
+        for row in await pool.fetch(
+            "SELECT id, status, progress_message, progress_current, progress_total FROM ai_jobs"
+        )
+    }
+    assert rows[first.id]["progress_message"] == "Later step"
+    assert rows[first.id]["progress_current"] == 2
+    for job in claimed[1:]:
+        row = rows[job.id]
+        if job is gone:
+            assert row["status"] == "failed"
+            assert row["progress_message"] != f"Step of {job.entity_id}"
+        else:
+            assert (row["progress_message"], row["progress_current"], row["progress_total"]) == (
+                f"Step of {job.entity_id}",
+                1,
+                3,
+            )
+    # One statement wrote them all: their events share its transaction's time.
+    times = await pool.fetch(
+        "SELECT DISTINCT created_at FROM ai_job_events WHERE progress_message LIKE 'Step of %'"
+    )
+    assert len(times) < len(claimed) - 1
 
 
 async def test_at_most_concurrency_processors_run_at_once(
