@@ -7,6 +7,12 @@ Runs `aijobs api` as a process of its own against a scratch database (DATABASE_U
 machine's Postgres at 127.0.0.1:5432); this process opens the streams and writes the
 progress, as a worker would, one UPDATE at a time. The delay is measured at one subscriber,
 first alone, then with the idle subscribers connected to other jobs.
+
+The memory per subscriber is the API's RSS growth from opening the idle streams, divided by
+their number. Its baseline is taken after the first measured stream has run to its end, so
+that what the API sets up once (code paths first run, prepared statements, the hub's
+structures) is not charged to the subscribers; the growth from the API's start is reported
+beside it (`rss_kb_per_subscriber_from_start`).
 """
 
 from __future__ import annotations
@@ -46,11 +52,11 @@ def _free_port() -> int:
         return port
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+            return int(line.split()[1])
+    return 0
 
 
 def _raise_open_files_limit() -> None:
@@ -101,8 +107,14 @@ async def _commit_to_event(
     conn: asyncpg.Connection,
     updates: int,
     gap_ms: float,
-) -> list[float]:
-    """Milliseconds from each progress UPDATE's commit to its event at a subscriber."""
+) -> tuple[list[float], int]:
+    """Milliseconds from each progress UPDATE's commit to its event at a subscriber, and how
+    many updates never came as events of their own.
+
+    A stream may skip intermediate progress of a reader that fell behind (the next event
+    carries the latest state), so the wait ends with the last update's event, not with an
+    event for every update: a skipped one is counted, not waited for.
+    """
     job_id = await _insert_job(conn, "processing", entity_id=0)
     received: dict[int, float] = {}
     first = asyncio.Event()
@@ -111,9 +123,11 @@ async def _commit_to_event(
     def on_job(job: dict[str, Any]) -> None:
         first.set()
         progress = job.get("progress")
-        if progress and progress.get("current"):
+        # The first event with a step is the step's: the completion that follows the last
+        # step carries its progress too.
+        if progress and progress.get("current") and progress["current"] not in received:
             received[progress["current"]] = time.perf_counter()
-            if len(received) == updates:
+            if progress["current"] == updates:
                 done.set()
 
     reader = asyncio.create_task(_stream(session, f"{base}/api/ai-jobs/{job_id}/events", on_job))
@@ -137,7 +151,8 @@ async def _commit_to_event(
         job_id,
     )
     await asyncio.wait_for(reader, 60)
-    return [(received[step] - committed[step]) * 1000 for step in committed]
+    delays = [(received[step] - committed[step]) * 1000 for step in committed if step in received]
+    return delays, updates - len(delays)
 
 
 async def _open_idle_streams(
@@ -218,13 +233,14 @@ async def measure(
             connector=connector, timeout=timeout, headers=headers
         ) as session:
             await _wait_until_answering(session, base)
-            rss_before = _rss_mb(api.pid)
-            alone = await _commit_to_event(session, base, conn, updates, gap_ms)
+            rss_start = _rss_kb(api.pid)
+            alone, alone_missed = await _commit_to_event(session, base, conn, updates, gap_ms)
 
             job_ids = [await _insert_job(conn, "pending", n) for n in range(1, idle_jobs + 1)]
+            rss_before = _rss_kb(api.pid)
             idle = await _open_idle_streams(session, base, job_ids, subscribers)
-            rss_with = _rss_mb(api.pid)
-            crowded = await _commit_to_event(session, base, conn, updates, gap_ms)
+            rss_with = _rss_kb(api.pid)
+            crowded, missed = await _commit_to_event(session, base, conn, updates, gap_ms)
 
             # SIGTERM: the API drains the streams and exits.
             stopping = time.perf_counter()
@@ -241,9 +257,12 @@ async def measure(
             "p50_ms": round(statistics.median(crowded), 2),
             "p99_ms": _percentile(crowded, 0.99),
             "max_ms": round(max(crowded), 2),
-            "rss_mb_before": rss_before,
-            "rss_mb": rss_with,
-            "rss_kb_per_subscriber": round((rss_with - rss_before) * 1024 / subscribers, 1),
+            "missed": alone_missed + missed,
+            "rss_mb_start": round(rss_start / 1024, 1),
+            "rss_mb_before": round(rss_before / 1024, 1),
+            "rss_mb": round(rss_with / 1024, 1),
+            "rss_kb_per_subscriber": round((rss_with - rss_before) / subscribers, 1),
+            "rss_kb_per_subscriber_from_start": round((rss_with - rss_start) / subscribers, 1),
             "shutdown_s": round(shutdown_s, 2),
         }
     finally:

@@ -17,6 +17,7 @@ from service.jobs.events import (
     EventHub,
     EventPruner,
     EventStore,
+    Idle,
     JobEvent,
     Subscription,
 )
@@ -328,6 +329,56 @@ async def test_one_read_per_wake_up_however_many_subscribers(
     # came while the first was under way): never one per subscriber or per job.
     assert len(reads) <= 3
     assert reads[-1] == 50
+
+
+async def next_item(sub: Subscription) -> JobEvent | Idle | None:
+    """What a reader that takes idle wake-ups gets next; None once the hub let go."""
+    async with asyncio.timeout(10):
+        while (item := sub.poll()) is None:
+            if sub.closed:
+                return None
+            await sub.wait()
+    return item
+
+
+async def test_idle_subscribers_are_woken_once_per_idle_period_by_one_clock(
+    hub: EventHub, pool: asyncpg.Pool
+) -> None:
+    job_id = await new_job(pool)
+    latest = await pool.fetchval("SELECT max(id) FROM ai_job_events")
+    idle_s = 0.4
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    watched = hub.subscribe(job_id, after_seq=latest, idle_s=idle_s)
+    # Subscribed together, so idle together: every one of them is woken all the same.
+    crowd = [hub.subscribe(job_id, after_seq=latest, idle_s=idle_s) for _ in range(2000)]
+    plain = hub.subscribe(job_id, after_seq=latest)
+
+    assert await next_item(watched) is Idle.IDLE
+    first = loop.time() - started
+    assert await next_item(watched) is Idle.IDLE
+    second = loop.time() - started
+    # 3/4 of the idle period before the first, a whole one between the next ones: checked
+    # with room for a late clock, but a wake-up per tick would be too early.
+    assert first >= 0.5 * idle_s
+    assert second - first >= 0.5 * idle_s
+    assert all([await next_item(sub) is Idle.IDLE for sub in crowd])
+
+    # An event comes as soon as it is there, and restarts the count to the next wake-up.
+    await set_progress(pool, job_id, 1, 2)
+    event = await next_item(watched)
+    assert isinstance(event, JobEvent) and event.job.progress_message == "Step 1 of 2"
+    after_event = loop.time()
+    assert await next_item(watched) is Idle.IDLE
+    assert loop.time() - after_event >= 0.5 * idle_s
+    # A subscriber that did not ask for idle wake-ups only ever gets events.
+    plain_event = await asyncio.wait_for(plain.next(), 10)
+    assert plain_event is not None and plain_event.seq == event.seq
+    assert plain.poll() is None
+
+    for sub in [watched, plain, *crowd]:
+        hub.unsubscribe(sub)
+    assert hub.subscriber_count == 0
 
 
 async def test_events_while_the_listener_is_cut_off_arrive_after_it_reconnects(

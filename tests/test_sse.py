@@ -240,20 +240,48 @@ async def test_errors_are_json_before_the_stream_starts(client: Client, pool: as
     assert (await bad_resume.json())["error"]["code"] == "invalid_event_id"
 
 
-async def test_an_idle_stream_carries_keepalives(
+async def test_idle_streams_carry_a_keepalive_each_heartbeat_and_events_between(
     dsn: str, fake: FakeAnthropic, pool: asyncpg.Pool
 ) -> None:
     job_id = await pool.fetchval(
         "INSERT INTO ai_jobs (job_type, entity_id, created_by) VALUES ('ai-match', 1, 'test-user')"
         " RETURNING id"
     )
-    async with api(make_settings(dsn, fake.url, sse_heartbeat_s=0.05), pool) as client:
-        response = await client.get(f"/api/ai-jobs/{job_id}/events")
-        stream = Stream(response)
-        await stream.next_event()
-        block = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
-        assert block == b": keepalive\n\n"
-        response.close()
+    heartbeat = 0.2
+    async with api(make_settings(dsn, fake.url, sse_heartbeat_s=heartbeat), pool) as client:
+        streams = [Stream(await client.get(f"/api/ai-jobs/{job_id}/events")) for _ in range(3)]
+        for stream in streams:
+            await stream.next_event()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for stream in streams:
+            for _ in range(3):
+                block = await asyncio.wait_for(stream.response.content.readuntil(b"\n\n"), 10)
+                assert block == b": keepalive\n\n"
+                stream.raw += block
+        # Three keepalives on one stream take about three heartbeats (checked with room for a
+        # busy machine): not a keepalive per tick of the clock the streams share.
+        assert loop.time() - started > 1.5 * heartbeat
+
+        await pool.execute(
+            "UPDATE ai_jobs SET progress_message = 'Between keepalives' WHERE id = $1", job_id
+        )
+        for stream in streams:
+            assert (await stream.until("Between keepalives"))[1]["status"] == "pending"
+        await pool.execute(
+            "UPDATE ai_jobs SET status = 'failed', error_message = 'Cancelled',"
+            " finished_at = now() WHERE id = $1",
+            job_id,
+        )
+        for stream in streams:
+            events = await stream.rest(keepalives=True)
+            assert [job["progressMessage"] for _, job in events] == [
+                None,
+                "Between keepalives",
+                "Between keepalives",
+            ]
+            assert events[-1][1]["status"] == "failed"
+            assert bytes(stream.raw).count(b": keepalive\n\n") >= 3
 
 
 async def test_streams_end_cleanly_when_the_api_shuts_down(
@@ -441,9 +469,12 @@ async def test_aijobs_watch_exits_0_when_completed_and_1_when_failed(
 
 
 async def test_aijobs_dispatch_then_watch(
-    client: Client, worker: Any, entities: EntityStore
+    client: Client, worker: Any, entities: EntityStore, fake: FakeAnthropic
 ) -> None:
     url = str(client.make_url("/"))
+    # Slow enough model calls that the watch, which subscribes a moment after dispatching,
+    # is there before the first batch is done.
+    fake.default = Delay(0.2)
     doc = await entities.create_document("Policy", "Access reviews happen quarterly.")
     await seed_controls(entities, 30)
     code, out, err = await aijobs("dispatch", "ai-map-controls", str(doc["id"]), "--url", url)
@@ -471,6 +502,7 @@ async def test_aijobs_dispatch_then_watch(
 async def test_sse_fanout_bench_runs(databases: DatabaseFactory) -> None:
     figures = await measure(databases.admin_dsn, subscribers=20, updates=5, gap_ms=5)
     assert figures["subscribers"] == 20
+    assert figures["missed"] == 0
     # A delivery can be seen a hair before the committing client resumes: no sign asserted.
     assert math.isfinite(figures["p50_ms"])
     assert figures["rss_mb"] > 0

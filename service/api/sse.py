@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-
 import orjson
 from aiohttp import web
 
@@ -13,7 +10,7 @@ from service.api.auth import identity_of
 from service.api.errors import ApiError, bad_request, not_found
 from service.api.jobs import visible_job
 from service.api.state import EVENT_HUB, OPEN_STREAMS, SETTINGS
-from service.jobs.events import EventHub
+from service.jobs.events import Idle
 from service.jobs.model import Job
 
 routes = web.RouteTableDef()
@@ -28,6 +25,7 @@ _HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _KEEPALIVE = b": keepalive\n\n"
+_RETRY = b"retry: %d\n\n" % RETRY_MS
 
 
 def frame(seq: int, job: Job) -> bytes:
@@ -57,6 +55,11 @@ async def job_events(request: web.Request) -> web.StreamResponse:
 
     With `Last-Event-ID` (or `?lastEventId=`), exactly the changes after that event instead
     of the current state. Errors are answered as JSON before the stream starts.
+
+    An open stream costs the process what this coroutine holds while it waits, so the whole
+    stream is this one coroutine (no helpers awaited for its lifetime), it keeps no job once
+    the job is written, and it waits on its subscription's future alone: keepalives come
+    from the hub's shared idle clock, not from a timer per stream.
     """
     job_id = parse.path_uuid(request)
     resume = _resume_after(request)
@@ -66,9 +69,10 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     if snapshot is None:
         raise not_found(f"Job {job_id} not found")
     seq = snapshot.seq or 0
+    finished = snapshot.job.finished
     if resume is not None and resume > seq:
         resume = None  # not an id of this job's stream: start over from the current state
-    if resume is not None and snapshot.job.finished and resume >= seq:
+    if resume is not None and finished and resume >= seq:
         # The client has had everything; 204 is how SSE tells EventSource to stop reconnecting.
         return web.Response(status=204)
 
@@ -82,56 +86,41 @@ async def job_events(request: web.Request) -> web.StreamResponse:
             f"At most {limit} open event streams per user; close one first",
             {"Retry-After": str(RETRY_MS // 1000)},
         )
+    # The stream opens with the retry advice, then the current state unless it resumes.
+    opening = _RETRY if resume is not None else _RETRY + frame(seq, snapshot.job)
+    del snapshot
     streams[user_id] += 1
     try:
-        return await _stream(request, hub, job_id, snapshot.job, seq, resume)
+        response = web.StreamResponse(headers=_HEADERS)
+        await response.prepare(request)
+        try:
+            await response.write(opening)
+            del opening
+            if resume is None:
+                if finished:
+                    return response
+                resume = seq
+            sub = hub.subscribe(job_id, resume, idle_s=request.app[SETTINGS].sse_heartbeat_s)
+            try:
+                while True:
+                    item = sub.poll()
+                    if item is None:
+                        if sub.closed:
+                            break  # shutting down: the client reconnects, to this or another
+                        await sub.wait()
+                    elif item is Idle.IDLE:
+                        # Keeps proxies from closing an idle stream, and finds a departed client.
+                        await response.write(_KEEPALIVE)
+                    else:
+                        await response.write(frame(item.seq, item.job))
+                        if item.terminal:
+                            break
+            finally:
+                hub.unsubscribe(sub)
+        except ConnectionError:
+            pass  # the client went away
+        return response
     finally:
         streams[user_id] -= 1
         if not streams[user_id]:
             del streams[user_id]
-
-
-async def _stream(
-    request: web.Request,
-    hub: EventHub,
-    job_id: uuid.UUID,
-    job: Job,
-    seq: int,
-    resume: int | None,
-) -> web.StreamResponse:
-    response = web.StreamResponse(headers=_HEADERS)
-    await response.prepare(request)
-    try:
-        await response.write(b"retry: %d\n\n" % RETRY_MS)
-        if resume is None:
-            await response.write(frame(seq, job))
-            if job.finished:
-                return response
-            resume = seq
-        await _follow(response, hub, job_id, resume, request.app[SETTINGS].sse_heartbeat_s)
-    except ConnectionError:
-        pass  # the client went away
-    return response
-
-
-async def _follow(
-    response: web.StreamResponse,
-    hub: EventHub,
-    job_id: uuid.UUID,
-    after_seq: int,
-    heartbeat_s: float,
-) -> None:
-    with hub.subscription(job_id, after_seq) as sub:
-        while True:
-            try:
-                async with asyncio.timeout(heartbeat_s):
-                    event = await sub.next()
-            except TimeoutError:
-                # Keeps proxies from closing an idle stream, and finds a departed client.
-                await response.write(_KEEPALIVE)
-                continue
-            if event is None:
-                return  # shutting down: the client reconnects, to this or another process
-            await response.write(frame(event.seq, event.job))
-            if event.terminal:
-                return

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import uuid
-from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,52 +111,133 @@ class EventStore:
         return deleted
 
 
+class Idle(enum.Enum):
+    """What `Subscription.poll` gives a reader that asked for idle wake-ups and has had
+    nothing for the hub's idle period."""
+
+    IDLE = "idle"
+
+
+# A subscription is idle after this many ticks of the hub's idle clock without an event: the
+# first wake-up comes after 3/4 to all of the idle period, the next ones every idle period.
+IDLE_TICKS = 4
+# Idle wake-ups per turn of the event loop. Streams opened together fall idle together: their
+# wake-ups (each a keepalive write) are spread over turns, so that an event to another stream
+# waits behind a few of them, not behind thousands.
+IDLE_BATCH = 16
+
+
 class Subscription:
     """One reader of one job's events, fed by the hub.
 
     The buffer is bounded: a reader that falls behind loses the oldest intermediate events
     (each event carries the whole job, so the latest state is never lost), but never an event
     that finished the job. Events arrive in order, each once.
+
+    An API process holds one of these per open event stream, so it keeps only what a waiting
+    reader needs: no buffer until an event arrives, no future until the reader waits, and no
+    timer of its own (the hub's one idle clock counts its ticks).
     """
 
-    def __init__(self, job_id: uuid.UUID, after_seq: int, buffer_size: int) -> None:
+    __slots__ = (
+        "_buffer",
+        "_buffer_size",
+        "_closed",
+        "_idle_ticks",
+        "_waiter",
+        "dropped",
+        "job_id",
+        "last_seq",
+    )
+
+    def __init__(
+        self, job_id: uuid.UUID, after_seq: int, buffer_size: int, *, idle_wakeups: bool = False
+    ) -> None:
         self.job_id = job_id
         self.last_seq = after_seq
         self.dropped = 0
-        self._buffer: deque[JobEvent] = deque()
+        self._buffer: list[JobEvent] | None = None
         self._buffer_size = max(buffer_size, 1)
-        self._ready = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        # Ticks of the hub's idle clock since the last event or idle wake-up; -1: none asked.
+        self._idle_ticks = 0 if idle_wakeups else -1
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    def poll(self) -> JobEvent | Idle | None:
+        """The next event if one is buffered; else `Idle.IDLE` if the subscription has been
+        idle for the hub's idle period; else None (then `wait`, unless it is closed)."""
+        buffer = self._buffer
+        if buffer:
+            event = buffer.pop(0)
+            if not buffer:
+                self._buffer = None
+            if self._idle_ticks > 0:
+                self._idle_ticks = 0
+            return event
+        if self._idle_ticks >= IDLE_TICKS:
+            self._idle_ticks = 0
+            return Idle.IDLE
+        return None
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future that is done once `poll` may have something new, or the hub let go."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
     async def next(self) -> JobEvent | None:
-        """The next event; None once the hub has let go of this subscription."""
-        while not self._buffer:
-            if self._closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-        return self._buffer.popleft()
+        """The next event, passing over idle wake-ups; None once the hub has let go of this
+        subscription."""
+        while True:
+            item = self.poll()
+            if isinstance(item, JobEvent):
+                return item
+            if item is None:
+                if self._closed:
+                    return None
+                await self.wait()
 
     def offer(self, event: JobEvent) -> None:
         if self._closed or event.seq <= self.last_seq:
             return
         self.last_seq = event.seq
-        if len(self._buffer) >= self._buffer_size:
-            for index, queued in enumerate(self._buffer):
+        buffer = self._buffer
+        if buffer is None:
+            buffer = self._buffer = []
+        elif len(buffer) >= self._buffer_size:
+            for index, queued in enumerate(buffer):
                 if not queued.terminal:
-                    del self._buffer[index]
+                    del buffer[index]
                     self.dropped += 1
                     break
-        self._buffer.append(event)
-        self._ready.set()
+        buffer.append(event)
+        self._wake()
+
+    def tick(self) -> bool:
+        """One tick of the hub's idle clock; True when it woke the reader, now idle."""
+        if self._idle_ticks < 0 or self._closed:
+            return False
+        self._idle_ticks += 1
+        if self._idle_ticks != IDLE_TICKS:
+            return False
+        self._wake()
+        return True
 
     def close(self) -> None:
         self._closed = True
-        self._ready.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class EventHub:
@@ -168,6 +249,10 @@ class EventHub:
     is read from the lowest seq any of its subscribers has had, and each subscriber takes
     only what is newer than its own, so a late subscriber catches up and none sees an event
     twice.
+
+    Subscribers that ask for idle wake-ups (an event stream's keepalives) share one idle
+    clock, a task that ticks every subscription `IDLE_TICKS` times per idle period, rather
+    than a timer each.
     """
 
     def __init__(
@@ -194,6 +279,8 @@ class EventHub:
         self._dirty: set[uuid.UUID] = set()
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
+        self._idle_s: float | None = None
+        self._idle_task: asyncio.Task[None] | None = None
         self._draining = False
 
     @property
@@ -213,11 +300,14 @@ class EventHub:
 
     async def stop(self) -> None:
         self.drain()
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
-            self._pump_task = None
+        for task in (self._pump_task, self._idle_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._pump_task = None
+        self._idle_task = None
+        self._idle_s = None
         await self.listener.stop()
 
     def drain(self) -> None:
@@ -228,12 +318,20 @@ class EventHub:
                 sub.close()
         self._subscribers.clear()
 
-    def subscribe(self, job_id: uuid.UUID, after_seq: int) -> Subscription:
-        """Follow a job from the event after `after_seq`. Unsubscribe when done."""
-        sub = Subscription(job_id, after_seq, self._buffer_size)
+    def subscribe(
+        self, job_id: uuid.UUID, after_seq: int, *, idle_s: float | None = None
+    ) -> Subscription:
+        """Follow a job from the event after `after_seq`. Unsubscribe when done.
+
+        With `idle_s`, the subscription's `poll` also gives `Idle.IDLE` after that long
+        without an event (after the shortest `idle_s` any subscriber asked for).
+        """
+        sub = Subscription(job_id, after_seq, self._buffer_size, idle_wakeups=idle_s is not None)
         if self._draining:
             sub.close()
             return sub
+        if idle_s is not None:
+            self._start_idle_clock(idle_s)
         self._subscribers.setdefault(job_id, set()).add(sub)
         self._dirty.add(job_id)
         self._wake.set()
@@ -248,12 +346,34 @@ class EventHub:
                 del self._subscribers[sub.job_id]
 
     @contextlib.contextmanager
-    def subscription(self, job_id: uuid.UUID, after_seq: int) -> Iterator[Subscription]:
-        sub = self.subscribe(job_id, after_seq)
+    def subscription(
+        self, job_id: uuid.UUID, after_seq: int, *, idle_s: float | None = None
+    ) -> Iterator[Subscription]:
+        sub = self.subscribe(job_id, after_seq, idle_s=idle_s)
         try:
             yield sub
         finally:
             self.unsubscribe(sub)
+
+    def _start_idle_clock(self, idle_s: float) -> None:
+        if self._idle_s is None or idle_s < self._idle_s:
+            self._idle_s = idle_s
+        if self._idle_task is None:
+            self._idle_task = asyncio.create_task(self._idle_clock(), name="event_hub_idle")
+
+    async def _idle_clock(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time()
+        while self._idle_s is not None:
+            # Ticks keep to the clock, however long a tick's batches took.
+            next_tick = max(next_tick + self._idle_s / IDLE_TICKS, loop.time())
+            await asyncio.sleep(next_tick - loop.time())
+            woken = 0
+            for sub in [sub for job_subs in self._subscribers.values() for sub in job_subs]:
+                if sub.tick():
+                    woken += 1
+                    if woken % IDLE_BATCH == 0:
+                        await asyncio.sleep(0)
 
     def _on_notify(self, _channel: str, payload: str) -> None:
         if not self._subscribers:
