@@ -82,6 +82,30 @@ async def test_a_completion_that_is_no_longer_ours_fails_alone_in_its_group(
     assert by_id[cancelled.id]["result"] is None
 
 
+async def test_a_result_the_database_refuses_fails_its_own_job_only(
+    pool: asyncpg.Pool, jobs: JobStore
+) -> None:
+    for entity_id in (1, 2, 3):
+        await jobs.enqueue("ai-match", entity_id)
+    claimed = await jobs.claim(3, "worker-a", 60)
+    # Postgres' jsonb holds no NUL character: this result cannot be written.
+    results: list[object] = [{"n": 1}, {"text": "a\u0000b"}, {"n": 3}]
+
+    completer = Completer(jobs)
+    outcomes = await asyncio.gather(
+        *(
+            completer.complete(job, result, "Done", None)
+            for job, result in zip(claimed, results, strict=True)
+        ),
+        return_exceptions=True,
+    )
+
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], asyncpg.PostgresError)
+    status = {row["id"]: row["status"] for row in await pool.fetch("SELECT * FROM ai_jobs")}
+    assert [status[job.id] for job in claimed] == ["completed", "processing", "completed"]
+
+
 async def test_progress_of_many_jobs_is_written_together_each_its_own(
     pool: asyncpg.Pool, jobs: JobStore
 ) -> None:

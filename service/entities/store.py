@@ -217,7 +217,9 @@ class _MappingReads:
             self._loop, self._wanted, self._readers = loop, {}, set()
         future: asyncio.Future[MappingForAnalysis | None] = loop.create_future()
         self._wanted.setdefault(mapping_id, []).append(future)
-        if len(self._readers) < MAPPING_READS_AT_ONCE:
+        # A reader that has returned but whose done-callback has not run yet serves nothing
+        # more: count only those still reading (each looks at what waits before it returns).
+        if sum(not reader.done() for reader in self._readers) < MAPPING_READS_AT_ONCE:
             reader = loop.create_task(self._read(), name="mapping-reads")
             self._readers.add(reader)
             reader.add_done_callback(self._readers.discard)

@@ -133,7 +133,7 @@ async def _run(
     except LeaseLost:
         job_log.warning("job_lease_lost")
     except asyncio.CancelledError:
-        reason = stop_reasons.pop(job.id, StopReason.SHUTDOWN)
+        reason = stop_reasons.pop((job.id, job.attempts), StopReason.SHUTDOWN)
         if reason == StopReason.SHUTDOWN:
             try:
                 await store.release(job)

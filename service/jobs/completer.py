@@ -22,9 +22,9 @@ class Completer:
     during one round trip, and the commits per job fall with it.
 
     `complete` returns once the row is committed, and raises LeaseLost, as the single path
-    does, when the job was no longer ours (reaped, cancelled, claimed again). A failed
-    statement is every job's answer: each actor handles it as it would its own failed write
-    (the lease runs out and the reaper hands the job back).
+    does, when the job was no longer ours (reaped, cancelled, claimed again). When the
+    group's statement fails, each of its jobs is written again alone, so that a result the
+    database refuses fails its own job only.
     """
 
     def __init__(self, store: JobStore, max_group: int = MAX_GROUP) -> None:

@@ -51,7 +51,8 @@ class Grouped(Generic[T, R]):
     requests instead of one each.
 
     `run` returns one result per item, in order: a value, or the exception that item gets.
-    An exception raised by `run` is every item's answer.
+    When `run` raises for a group, each of its items is run again alone, and what that raises
+    is the item's answer.
     """
 
     def __init__(
@@ -92,7 +93,15 @@ class Grouped(Generic[T, R]):
                 answer.cancel()
             raise
         except Exception as exc:
-            results = [exc] * len(group)
+            if len(group) == 1:
+                results = [exc]
+            else:
+                # One item's value may be what the database refused, or the statement may
+                # have lost a deadlock: each item again on its own, so that it gets its own
+                # answer rather than its neighbours' failure.
+                for one in group:
+                    await self._run_group([one])
+                return
         for (_, answer), result in zip(group, results, strict=True):
             if answer.done():  # its request was cancelled meanwhile
                 continue

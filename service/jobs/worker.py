@@ -191,7 +191,9 @@ class Worker:
         """Stop an actor whose job is no longer ours to finish; it writes nothing more."""
         task = self._actors.get(job_id)
         if task is not None and not task.done():
-            self._stop_reasons[job_id] = reason
+            # Keyed by the attempt too: a reason left behind by an earlier actor of the job
+            # (stopped while it waited for a write) never applies to a later one.
+            self._stop_reasons[(job_id, self._attempts[job_id])] = reason
             task.cancel()
 
     # -- the claim loop -----------------------------------------------------------------
@@ -261,9 +263,9 @@ class Worker:
 
     def _on_actor_done(self, job_id: uuid.UUID, attempt: int, task: asyncio.Task[None]) -> None:
         self._processing.discard((job_id, attempt))
+        self._stop_reasons.pop((job_id, attempt), None)
         if self._actors.get(job_id) is task:
             del self._actors[job_id]
             self._attempts.pop(job_id, None)
-            self._stop_reasons.pop(job_id, None)
         if self._maybe_more:
             self._wakeup.set()
