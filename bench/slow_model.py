@@ -160,17 +160,7 @@ async def measure(
         try:
             await conn.execute(_ENTITIES, jobs)
             port = free_port()
-            fake = await asyncio.create_subprocess_exec(
-                python(),
-                "-m",
-                "tests.fake_anthropic",
-                "--port",
-                str(port),
-                "--delay",
-                str(delay_s),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+            fake = await start_fake(port, delay_s)
             await _wait_for_port(port, 30)
             env = {
                 "DATABASE_URL": dsn,
@@ -270,12 +260,9 @@ async def measure(
     }
 
 
-async def measure_sdk_only(
-    jobs: int = 2000, delay_s: float = 2.0, concurrency: int = 500
-) -> dict[str, Any]:
-    """The model calls alone, in a process of their own: see the module's docstring."""
-    port = free_port()
-    fake = await asyncio.create_subprocess_exec(
+async def start_fake(port: int, delay_s: float) -> asyncio.subprocess.Process:
+    """The fake Anthropic server in a process of its own, answering after `delay_s`."""
+    return await asyncio.create_subprocess_exec(
         python(),
         "-m",
         "tests.fake_anthropic",
@@ -286,6 +273,14 @@ async def measure_sdk_only(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+async def measure_sdk_only(
+    jobs: int = 2000, delay_s: float = 2.0, concurrency: int = 500
+) -> dict[str, Any]:
+    """The model calls alone, in a process of their own: see the module's docstring."""
+    port = free_port()
+    fake = await start_fake(port, delay_s)
     client: Child | None = None
     try:
         await _wait_for_port(port, 30)

@@ -4,6 +4,7 @@ written, and the worker's commits."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -19,15 +20,15 @@ from service.runtime import create_worker_pool
 from tests.conftest import wait_until
 
 
-async def test_jobs_without_an_effect_complete_in_groups_each_with_its_own_result(
-    dsn: str, pool: asyncpg.Pool, jobs: JobStore
+async def run_until_all_completed(
+    dsn: str,
+    pool: asyncpg.Pool,
+    jobs: JobStore,
+    run: Callable[[Any], Awaitable[Completion]],
+    concurrency: int,
 ) -> None:
-    created = [await jobs.enqueue("ai-match", entity_id) for entity_id in range(1, 121)]
-
-    async def run(ctx: Any) -> Completion:
-        return Completion({"entity": ctx.job.entity_id}, message=f"Done {ctx.job.entity_id}")
-
-    worker = Worker(dsn, jobs, {"ai-match": JobType("ai-match", run)}, WorkerOptions(20))
+    """A worker runs the queued ai-match jobs with `run` until every one is completed."""
+    worker = Worker(dsn, jobs, {"ai-match": JobType("ai-match", run)}, WorkerOptions(concurrency))
     await worker.start()
     try:
 
@@ -38,6 +39,17 @@ async def test_jobs_without_an_effect_complete_in_groups_each_with_its_own_resul
         await wait_until(drained, within=30)
     finally:
         await worker.stop()
+
+
+async def test_jobs_without_an_effect_complete_in_groups_each_with_its_own_result(
+    dsn: str, pool: asyncpg.Pool, jobs: JobStore
+) -> None:
+    created = [await jobs.enqueue("ai-match", entity_id) for entity_id in range(1, 121)]
+
+    async def run(ctx: Any) -> Completion:
+        return Completion({"entity": ctx.job.entity_id}, message=f"Done {ctx.job.entity_id}")
+
+    await run_until_all_completed(dsn, pool, jobs, run, concurrency=20)
 
     rows = await pool.fetch(
         "SELECT entity_id, result, progress_message, finished_at, locked_until FROM ai_jobs"
@@ -167,17 +179,7 @@ async def test_at_most_concurrency_processors_run_at_once(
         running -= 1
         return Completion(None)
 
-    worker = Worker(dsn, jobs, {"ai-match": JobType("ai-match", run)}, WorkerOptions(4))
-    await worker.start()
-    try:
-
-        async def drained() -> bool:
-            left = await pool.fetchval("SELECT count(*) FROM ai_jobs WHERE status <> 'completed'")
-            return bool(left == 0)
-
-        await wait_until(drained, within=30)
-    finally:
-        await worker.stop()
+    await run_until_all_completed(dsn, pool, jobs, run, concurrency=4)
     assert most == 4
 
 
