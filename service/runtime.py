@@ -93,9 +93,12 @@ async def analyzer_for(
             )
             for t in JOB_TYPES
         }
+        limiter = rate_limiter(settings, pool)
         try:
-            yield ClaudeAnalyzer(client, configs, rate_limiter(settings, pool), metrics)
+            yield ClaudeAnalyzer(client, configs, limiter, metrics)
         finally:
+            if limiter is not None:
+                await limiter.close()
             await client.close()
     else:
         log.info("offline_analyzer_in_use", reason="ANTHROPIC_API_KEY is not set")
@@ -143,12 +146,13 @@ async def running_worker(
     settings: Settings, dsn: str, pool: asyncpg.Pool, concurrency: int | None = None
 ) -> AsyncIterator[Worker]:
     metrics = Metrics()
+    ledger = UsageLedger(pool, PriceTable(settings.claude_prices))
     async with analyzer_for(settings, pool, metrics) as analyzer:
         deps = ProcessorDeps(
             analyzer,
             EntityStore(pool),
             settings.map_controls_batch_size,
-            ledger=UsageLedger(pool, PriceTable(settings.claude_prices)),
+            ledger=ledger,
             # The offline analyzer reads a document of any length at once.
             section_chars=settings.section_chars if settings.uses_claude else None,
             section_overlap_chars=settings.section_overlap_chars,
@@ -171,6 +175,8 @@ async def running_worker(
             if http is not None:
                 await http.cleanup()
             await worker.stop()
+            # What the stopped jobs recorded last, written before the pool closes.
+            await ledger.close()
 
 
 async def _serve_worker_ops(

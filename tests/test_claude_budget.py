@@ -314,6 +314,24 @@ async def test_a_429_to_one_worker_pauses_the_others(
     assert row["rate_limited"] == 1
 
 
+async def test_a_stopped_worker_leaves_no_connection_in_use(
+    dsn: str, settings: Settings, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    mapping_ids = await make_mappings(entities, 3)
+    worker_pool = await create_pool(dsn, 1, 5)
+    try:
+        async with running_worker(settings, dsn, worker_pool):
+            started = [await jobs.enqueue("ai-match", m) for m in mapping_ids]
+            done = [await wait_for_job(jobs, j.id) for j in started]
+        # The budget's settles and the usage writes went before the worker returned: none of
+        # their writers still holds a connection, waiting for more.
+        assert worker_pool.get_idle_size() == worker_pool.get_size()
+    finally:
+        await worker_pool.close()
+    assert {j.status for j in done} == {"completed"}
+    assert {j.result["usage"]["calls"] for j in done if j.result} == {1}
+
+
 @pytest.mark.timeout(180)
 async def test_three_worker_processes_stay_under_the_organisations_limit(
     dsn: str, pool: asyncpg.Pool, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic

@@ -71,6 +71,16 @@ class UsageLedger:
         self._writer: asyncio.Task[None] | None = None
         # Set when an entry arrives: the writer, holding its connection a moment, goes on.
         self._arrived = asyncio.Event()
+        self._closing = False
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued and let the connection go, without lingering for more. For
+        a worker that has stopped its jobs."""
+        self._closing = True
+        self._arrived.set()
+        writer = self._writer
+        if writer is not None and not writer.done():
+            await asyncio.wait([writer], timeout=timeout_s)
 
     def meter(self, job_id: uuid.UUID) -> JobMeter:
         return JobMeter(self, job_id)
@@ -124,8 +134,8 @@ class UsageLedger:
                 _fail(entries, exc)
 
     async def _more(self) -> bool:
-        """Whether entries wait, waiting up to LINGER_S for some."""
-        if not self._pending:
+        """Whether entries wait, waiting up to LINGER_S for some (not once closing)."""
+        if not self._pending and not self._closing:
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LINGER_S):

@@ -327,6 +327,20 @@ class RateLimiter:
         self.policy = policy
         self.max_wait_s = max_wait_s
         self._lines: dict[str, _Line] = {}
+        self._closing = False
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Write what is queued (the settles of answered calls) and let the connections go,
+        without lingering for more. For a worker that has stopped its jobs."""
+        self._closing = True
+        tasks = []
+        for line in self._lines.values():
+            line.work.set()
+            line.news.set()
+            if line.task is not None and not line.task.done():
+                tasks.append(line.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
 
     async def acquire(self, bucket: str, input_tokens: int, output_tokens: int) -> Reservation:
         """Wait until the bucket has room for one call of this size, and take it.
@@ -473,10 +487,9 @@ class RateLimiter:
             line.settles.clear()
             raise
 
-    @staticmethod
-    async def _more(line: _Line) -> bool:
-        """Whether there is work, waiting up to LINGER_S for some."""
-        if not (line.takes or line.settles):
+    async def _more(self, line: _Line) -> bool:
+        """Whether there is work, waiting up to LINGER_S for some (not once closing)."""
+        if not (line.takes or line.settles) and not self._closing:
             line.work.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(LINGER_S):

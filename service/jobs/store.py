@@ -272,6 +272,10 @@ class JobStore:
         """
         await self._progress.submit((job, message, current, total))
 
+    async def idle(self) -> None:
+        """Returns when no progress group is being written."""
+        await self._progress.idle()
+
     async def _write_progress(self, reports: list[_Progress]) -> list[Exception | None]:
         # A job that reported twice in one group: its last report is the one written.
         last = {job.id: (job, message, current, total) for job, message, current, total in reports}

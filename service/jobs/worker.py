@@ -163,6 +163,7 @@ class Worker:
             if still_running:
                 await asyncio.wait(still_running)
         await self._completer.idle()
+        await self._store.idle()
         if self._pruner is not None:
             await self._pruner.stop()
         await self._reaper.stop()
