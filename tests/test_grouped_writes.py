@@ -14,7 +14,7 @@ from service.config import ConfigError, Settings
 from service.jobs.completer import Completer
 from service.jobs.model import Completion
 from service.jobs.registry import JobType
-from service.jobs.store import JobStore, LeaseLost
+from service.jobs.store import Grouped, JobStore, LeaseLost
 from service.jobs.worker import Worker, WorkerOptions
 from service.runtime import create_worker_pool
 from tests.conftest import wait_until
@@ -116,6 +116,32 @@ async def test_a_result_the_database_refuses_fails_its_own_job_only(
     assert isinstance(outcomes[1], asyncpg.PostgresError)
     status = {row["id"]: row["status"] for row in await pool.fetch("SELECT * FROM ai_jobs")}
     assert [status[job.id] for job in claimed] == ["completed", "processing", "completed"]
+
+
+async def test_a_group_splits_for_bad_data_not_when_the_database_is_away() -> None:
+    calls: list[list[int]] = []
+
+    def grouped(error: Exception) -> Grouped[int, int]:
+        async def run(items: list[int]) -> list[int | Exception]:
+            calls.append(items)
+            if 2 in items:
+                raise error
+            return [item * 10 for item in items]
+
+        return Grouped(run)
+
+    refused = asyncpg.UntranslatableCharacterError("unsupported Unicode escape sequence")
+    groups = grouped(refused)
+    answers = await asyncio.gather(*(groups.submit(i) for i in (1, 2, 3)), return_exceptions=True)
+    assert answers == [10, refused, 30]
+    assert calls == [[1, 2, 3], [1], [2], [3]]
+
+    calls.clear()
+    away = ConnectionRefusedError("the database is away")
+    groups = grouped(away)
+    answers = await asyncio.gather(*(groups.submit(i) for i in (1, 2, 3)), return_exceptions=True)
+    assert answers == [away, away, away]
+    assert calls == [[1, 2, 3]]
 
 
 async def test_progress_of_many_jobs_is_written_together_each_its_own(

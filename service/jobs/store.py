@@ -51,8 +51,9 @@ class Grouped(Generic[T, R]):
     requests instead of one each.
 
     `run` returns one result per item, in order: a value, or the exception that item gets.
-    When `run` raises for a group, each of its items is run again alone, and what that raises
-    is the item's answer.
+    When `run` raises for a group an error that one item's values can cause (bad data, a
+    constraint, a deadlock), each of its items is run again alone, and what that raises is the
+    item's answer; any other error (the database away) is every item's answer at once.
     """
 
     def __init__(
@@ -93,15 +94,16 @@ class Grouped(Generic[T, R]):
                 answer.cancel()
             raise
         except Exception as exc:
-            if len(group) == 1:
-                results = [exc]
-            else:
+            if len(group) > 1 and _may_be_one_items_fault(exc):
                 # One item's value may be what the database refused, or the statement may
                 # have lost a deadlock: each item again on its own, so that it gets its own
                 # answer rather than its neighbours' failure.
                 for one in group:
                     await self._run_group([one])
                 return
+            # The database is away, or the statement as such failed: every item's answer,
+            # at once.
+            results = [exc] * len(group)
         for (_, answer), result in zip(group, results, strict=True):
             if answer.done():  # its request was cancelled meanwhile
                 continue
@@ -109,6 +111,16 @@ class Grouped(Generic[T, R]):
                 answer.set_exception(result)
             else:
                 answer.set_result(result)
+
+
+# SQLSTATE classes of errors that one row's values can cause: data exceptions, integrity
+# constraint violations, and transaction rollbacks (a deadlock, a serialization failure).
+_ITEM_ERROR_CLASSES = ("22", "23", "40")
+
+
+def _may_be_one_items_fault(exc: Exception) -> bool:
+    sqlstate = getattr(exc, "sqlstate", None) if isinstance(exc, asyncpg.PostgresError) else None
+    return isinstance(sqlstate, str) and sqlstate[:2] in _ITEM_ERROR_CLASSES
 
 
 @dataclass(frozen=True, slots=True)
