@@ -21,8 +21,8 @@ from typing import Any
 
 import asyncpg
 
-from bench import queues
-from bench.common import Child, admin_dsn, percentile, python, scratch_database
+from bench import queues, worker_proc
+from bench.common import Child, admin_dsn, percentile, scratch_database
 from service.db.pool import connect
 
 FULL = {"jobs": 200, "gap_ms": 20.0}
@@ -35,19 +35,7 @@ async def measure(
     async with scratch_database(admin_dsn, aijobs_schema=system == "aijobs") as dsn:
         await queues.install(system, dsn)
         child = await Child.start(
-            [
-                python(),
-                "-m",
-                "bench.worker_proc",
-                system,
-                "--dsn",
-                dsn,
-                "--concurrency",
-                "10",
-                "--expect",
-                str(jobs),
-                "--record-starts",
-            ],
+            worker_proc.command(system, dsn, 10, jobs, "--record-starts"),
             label=f"pickup-{system}",
         )
         ok = False

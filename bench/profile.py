@@ -21,6 +21,7 @@ import re
 import shutil
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,18 +55,22 @@ def _short(frame: str) -> str:
     return f"{match['func']} ({path})"
 
 
+def _stacks(collapsed: str) -> Iterator[tuple[list[str], int]]:
+    """The frames (outermost first) and sample count of each line of py-spy's raw output."""
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack.split(";"), int(count_text)
+
+
 def summarise(collapsed: str, top: int = 15) -> dict[str, Any]:
     """Self and total shares per function from py-spy's `--format raw` output."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in _stacks(collapsed):
         samples += count
-        frames = [_short(f) for f in stack.split(";") if f]
+        frames = [_short(f) for f in stack if f]
         if not frames:
             continue
         own[frames[-1]] += count
@@ -97,14 +102,10 @@ def summarise_by_area(collapsed: str) -> list[dict[str, Any]]:
     }
     counts: Counter[str] = Counter()
     samples = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in _stacks(collapsed):
         samples += count
         found = "other"
-        for frame in reversed(stack.split(";")):
+        for frame in reversed(stack):
             hit = next(
                 (area for area, marks in areas.items() if any(m in frame for m in marks)), None
             )

@@ -23,14 +23,13 @@ from typing import Any
 
 import asyncpg
 
-from bench import queues
+from bench import queues, worker_proc
 from bench.common import (
     Child,
     admin_dsn,
     commits,
     cpu_seconds,
     postgres_cpu_seconds,
-    python,
     scratch_database,
     wait_until,
 )
@@ -66,20 +65,10 @@ async def measure(
         try:
             await conn.execute("VACUUM ANALYZE")
             commits_before = await commits(conn, database)
-            argv = [
-                python(),
-                "-m",
-                "bench.worker_proc",
-                system,
-                "--dsn",
-                dsn,
-                "--concurrency",
-                str(concurrency),
-                "--expect",
-                str(jobs),
-            ]
-            if synchronous_commit is not None:
-                argv += ["--synchronous-commit", synchronous_commit]
+            options = (
+                [] if synchronous_commit is None else ["--synchronous-commit", synchronous_commit]
+            )
+            argv = worker_proc.command(system, dsn, concurrency, jobs, *options)
             child = await Child.start(argv, label=f"throughput-{system}")
             ready = await child.expect("ready", within=60)
             worker_pid: int = ready["pid"]

@@ -21,8 +21,14 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bench.common import event_loop_factory, report
+from bench.common import event_loop_factory, python, report
 from bench.queues import AIJOBS_JOB_TYPE, PGQUEUER_ENTRYPOINT, SYSTEMS
+
+
+def command(system: str, dsn: str, concurrency: int, expect: int, *options: str) -> list[str]:
+    """The command line that starts this module as a worker process of `system`."""
+    argv = [python(), "-m", "bench.worker_proc", system, "--dsn", dsn]
+    return [*argv, "--concurrency", str(concurrency), "--expect", str(expect), *options]
 
 
 class Tally:

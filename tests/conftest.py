@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from service.logs import configure_logging
 from service.runtime import running_worker
 from tests.fake_anthropic import FakeAnthropic
 from tests.pg import DatabaseFactory
+from tests.tcp_proxy import TcpProxy
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -108,6 +110,23 @@ async def worker(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[Any]:
     async with running_worker(settings, settings.database_url, pool) as running:
         await asyncio.wait_for(running.listener.connected.wait(), 10)
         yield running
+
+
+@contextlib.asynccontextmanager
+async def api_behind_a_proxy(
+    dsn: str, fake_url: str
+) -> AsyncIterator[tuple[TestClient[Any, Any], TcpProxy]]:
+    """An API whose every connection to the database goes through a proxy the test can cut,
+    and a client of it signed in as the test user."""
+    proxy = TcpProxy.for_dsn(dsn)
+    await proxy.start()
+    proxied = proxy.dsn(dsn)
+    app = create_app(make_settings(proxied, fake_url), proxied)
+    try:
+        async with TestClient(TestServer(app), headers=auth_headers()) as client:
+            yield client, proxy
+    finally:
+        await proxy.stop()
 
 
 @pytest.fixture

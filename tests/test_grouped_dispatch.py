@@ -24,9 +24,8 @@ from service.api.app import create_app
 from service.db.pool import connect
 from service.entities.store import EntityStore
 from service.jobs.store import JobRead, JobStore
-from tests.conftest import DOCUMENT, auth_headers, make_settings, wait_until
+from tests.conftest import DOCUMENT, api_behind_a_proxy, auth_headers, make_settings, wait_until
 from tests.fake_anthropic import FakeAnthropic
-from tests.tcp_proxy import TcpProxy
 from tests.test_api_entities import error_of
 from tests.test_api_jobs import make_mapping
 
@@ -244,34 +243,27 @@ async def test_dispatch_and_reads_answer_503_while_the_database_is_away(
     dsn: str, fake: FakeAnthropic, entities: EntityStore
 ) -> None:
     mapping = await make_mapping(entities)
-    proxy = TcpProxy.for_dsn(dsn)
-    await proxy.start()
-    proxied = proxy.dsn(dsn)
-    app = create_app(make_settings(proxied, fake.url), proxied)
-    try:
-        async with TestClient(TestServer(app), headers=auth_headers()) as client:
-            first = await client.post(match_path(mapping["id"]))
-            job = f"/api/ai-jobs/{(await first.json())['jobId']}"
-            await proxy.cut()
-            answers = await asyncio.wait_for(
-                asyncio.gather(
-                    *(client.post(match_path(mapping["id"])) for _ in range(3)),
-                    *(client.get(job) for _ in range(3)),
-                ),
-                30,
-            )
-            for response in answers:
-                assert (await error_of(response, 503))["code"] == "database_unavailable"
-            await proxy.start()
+    async with api_behind_a_proxy(dsn, fake.url) as (client, proxy):
+        first = await client.post(match_path(mapping["id"]))
+        job = f"/api/ai-jobs/{(await first.json())['jobId']}"
+        await proxy.cut()
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                *(client.post(match_path(mapping["id"])) for _ in range(3)),
+                *(client.get(job) for _ in range(3)),
+            ),
+            30,
+        )
+        for response in answers:
+            assert (await error_of(response, 503))["code"] == "database_unavailable"
+        await proxy.start()
 
-            async def answering() -> bool:
-                read = await client.get(job)
-                again = await client.post(match_path(mapping["id"]))
-                return read.status == 200 and again.status == 202
+        async def answering() -> bool:
+            read = await client.get(job)
+            again = await client.post(match_path(mapping["id"]))
+            return read.status == 200 and again.status == 202
 
-            await wait_until(answering, within=15, interval=0.1)
-    finally:
-        await proxy.stop()
+        await wait_until(answering, within=15, interval=0.1)
 
 
 # -- reads ------------------------------------------------------------------------------

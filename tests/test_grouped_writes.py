@@ -12,9 +12,10 @@ import pytest
 
 from service.config import ConfigError, Settings
 from service.jobs.completer import Completer
+from service.jobs.grouped import Grouped
 from service.jobs.model import Completion
 from service.jobs.registry import JobType
-from service.jobs.store import Grouped, JobStore, LeaseLost
+from service.jobs.store import JobStore, LeaseLost
 from service.jobs.worker import Worker, WorkerOptions
 from service.runtime import create_worker_pool
 from tests.conftest import wait_until

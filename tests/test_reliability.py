@@ -12,14 +12,13 @@ from collections import Counter
 from typing import Any
 
 import asyncpg
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from service.api.app import create_app
 from service.entities.store import EntityStore
 from service.jobs.store import JobStore
 from service.runtime import running_worker
 from tests.conftest import (
-    auth_headers,
+    api_behind_a_proxy,
     make_settings,
     start_worker_process,
     wait_for_job,
@@ -218,32 +217,24 @@ async def test_api_answers_503_while_the_database_is_away_then_recovers(
     dsn: str, fake: FakeAnthropic, entities: EntityStore
 ) -> None:
     mapping = await make_mapping(entities)
-    proxy = TcpProxy.for_dsn(dsn)
-    await proxy.start()
-    proxied = proxy.dsn(dsn)
-    settings = make_settings(proxied, fake.url)
-    app = create_app(settings, proxied)
-    try:
-        async with TestClient(TestServer(app), headers=auth_headers()) as client:
-            ok = await client.get(f"/api/gap-analysis/mappings/{mapping['id']}")
-            assert ok.status == 200
-            await proxy.cut()
-            for _ in range(3):
-                response = await asyncio.wait_for(
-                    client.get(f"/api/gap-analysis/mappings/{mapping['id']}"), 15
-                )
-                error = await error_of(response, 503)
-                assert error["code"] == "database_unavailable"
-                assert response.headers["Retry-After"]
-            await proxy.start()
+    async with api_behind_a_proxy(dsn, fake.url) as (client, proxy):
+        ok = await client.get(f"/api/gap-analysis/mappings/{mapping['id']}")
+        assert ok.status == 200
+        await proxy.cut()
+        for _ in range(3):
+            response = await asyncio.wait_for(
+                client.get(f"/api/gap-analysis/mappings/{mapping['id']}"), 15
+            )
+            error = await error_of(response, 503)
+            assert error["code"] == "database_unavailable"
+            assert response.headers["Retry-After"]
+        await proxy.start()
 
-            async def answering() -> bool:
-                response = await client.get(f"/api/gap-analysis/mappings/{mapping['id']}")
-                return response.status == 200
+        async def answering() -> bool:
+            response = await client.get(f"/api/gap-analysis/mappings/{mapping['id']}")
+            return response.status == 200
 
-            await wait_until(answering, within=10, interval=0.1)
-    finally:
-        await proxy.stop()
+        await wait_until(answering, within=10, interval=0.1)
 
 
 async def test_worker_carries_on_after_the_database_comes_back(

@@ -20,7 +20,7 @@ import asyncpg
 
 from service.ai.processors import coverage, map_controls, match
 from service.db.queries import Queries
-from service.jobs.store import Grouped
+from service.jobs.grouped import Grouped
 
 JOB_TYPES = (match.JOB_TYPE, coverage.JOB_TYPE, map_controls.JOB_TYPE)
 

@@ -27,7 +27,8 @@ from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import EntityStore
 from service.jobs.events import EventHub, EventPruner, EventStore
-from service.jobs.store import Grouped, JobStore
+from service.jobs.grouped import Grouped
+from service.jobs.store import JobStore
 from service.metrics import Metrics
 from service.ops import ops_routes
 

@@ -11,7 +11,8 @@ from service.ai.dispatch import Dispatcher
 from service.config import Settings
 from service.entities.store import EntityStore
 from service.jobs.events import EventHub
-from service.jobs.store import Grouped, JobRead, JobStore, JobVersion
+from service.jobs.grouped import Grouped
+from service.jobs.store import JobRead, JobStore, JobVersion
 from service.metrics import Metrics
 
 SETTINGS = web.AppKey("settings", Settings)

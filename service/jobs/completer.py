@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from service.jobs.grouped import Grouped
 from service.jobs.model import ApplyEffect, Job
-from service.jobs.store import Grouped, JobStore, LeaseLost
+from service.jobs.store import JobStore, LeaseLost
 
 # A bound on one statement: its arrays, its event rows, the time it holds the rows' locks.
 MAX_GROUP = 500
