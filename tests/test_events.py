@@ -244,27 +244,40 @@ def an_event(seq: int, status: str) -> JobEvent:
     return JobEvent(seq, job)
 
 
-async def test_a_slow_reader_keeps_the_latest_state_and_never_loses_the_end() -> None:
-    sub = Subscription(uuid.uuid4(), after_seq=0, buffer_size=4)
+async def test_a_full_buffer_refuses_events_and_asks_for_them_again_once_half_read() -> None:
+    asked: list[int] = []
+    sub = Subscription(
+        uuid.uuid4(), after_seq=0, buffer_size=4, on_room=lambda s: asked.append(s.last_seq)
+    )
     for seq in range(1, 21):
         sub.offer(an_event(seq, "processing"))
-    sub.offer(an_event(21, "completed"))
-    sub.offer(an_event(21, "completed"))  # the same event again: taken once
-    sub.offer(an_event(5, "processing"))  # an older one: not taken
+    sub.offer(an_event(3, "processing"))  # an older one: not taken
+    # Four taken, the rest refused: nothing is dropped, the reader is behind.
+    assert (sub.last_seq, sub.behind, sub.room) == (4, True, 0)
+    first = sub.poll()
+    assert isinstance(first, JobEvent) and first.seq == 1 and asked == []
+    second = sub.poll()
+    # Half the buffer read: the hub is asked once to read on after the last event taken.
+    assert isinstance(second, JobEvent) and second.seq == 2
+    assert asked == [4] and not sub.behind
+    for seq in range(5, 8):
+        sub.offer(an_event(seq, "processing"))
+    sub.offer(an_event(7, "completed"))  # the same seq again: taken once
     sub.close()
-    seqs = []
-    while (event := await sub.next()) is not None:
-        seqs.append(event.seq)
-    assert seqs == [18, 19, 20, 21]
-    assert sub.dropped == 17
+    assert [e.seq async for e in _drain(sub)] == [3, 4, 5, 6]
+    assert asked == [4]
 
 
-async def test_a_full_buffer_of_terminal_events_still_takes_the_next() -> None:
+async def test_a_full_buffer_of_terminal_events_refuses_the_next_until_read() -> None:
     sub = Subscription(uuid.uuid4(), after_seq=0, buffer_size=1)
     sub.offer(an_event(1, "failed"))
     sub.offer(an_event(2, "processing"))
+    assert sub.behind
+    first = sub.poll()
+    assert isinstance(first, JobEvent) and first.seq == 1
+    sub.offer(an_event(2, "processing"))
     sub.close()
-    assert [e.seq async for e in _drain(sub)] == [1, 2]
+    assert [e.seq async for e in _drain(sub)] == [2]
 
 
 async def _drain(sub: Subscription) -> AsyncIterator[JobEvent]:
@@ -311,9 +324,9 @@ async def test_one_read_per_wake_up_however_many_subscribers(
     reads: list[int] = []
     events_after = hub.store.events_after
 
-    async def counting(ids: Sequence[uuid.UUID], after: Sequence[int]) -> Any:
+    async def counting(ids: Sequence[uuid.UUID], after: Sequence[int], limit: int) -> Any:
         reads.append(len(ids))
-        return await events_after(ids, after)
+        return await events_after(ids, after, limit)
 
     hub.store.events_after = counting  # type: ignore[method-assign]
     latest = await pool.fetchval("SELECT max(id) FROM ai_job_events")
@@ -329,6 +342,75 @@ async def test_one_read_per_wake_up_however_many_subscribers(
     # came while the first was under way): never one per subscriber or per job.
     assert len(reads) <= 3
     assert reads[-1] == 50
+
+
+async def many_steps(
+    pool: asyncpg.Pool, job_id: uuid.UUID, first: int, last: int, total: int | None = None
+) -> None:
+    """One progress event per step, `first` through `last`, all in one transaction."""
+    await pool.execute(
+        f"""DO $$ BEGIN FOR i IN {first}..{last} LOOP
+            UPDATE ai_jobs SET progress_message = 'Step ' || i, progress_current = i,
+                progress_total = {total or last} WHERE id = '{job_id}';
+        END LOOP; END $$"""
+    )
+
+
+async def test_a_resume_from_hundreds_of_events_ago_gets_every_one_in_order(
+    hub: EventHub, pool: asyncpg.Pool
+) -> None:
+    job_id = await new_job(pool)
+    await start_processing(pool, job_id)
+    await many_steps(pool, job_id, 1, 600)
+    await complete(pool, job_id)
+    rows = await event_rows(pool, job_id)
+    assert len(rows) == 603
+
+    # From the second event, and from before the first: the whole log after it.
+    from_second = hub.subscribe(job_id, after_seq=rows[0]["id"])
+    from_start = hub.subscribe(job_id, after_seq=0)
+    for sub, expected in ((from_second, rows[1:]), (from_start, rows)):
+        events = await read_until_terminal(sub)
+        assert [e.seq for e in events] == [r["id"] for r in expected]
+        assert [e.job.progress_message for e in events] == [r["progress_message"] for r in expected]
+        assert events[-1].job.result == {"ok": True}
+        assert all(e.job.result is None for e in events[:-1])
+        hub.unsubscribe(sub)
+
+
+async def test_a_subscriber_that_falls_behind_is_caught_up_from_the_log(
+    hub: EventHub, pool: asyncpg.Pool
+) -> None:
+    job_id = await new_job(pool)
+    await start_processing(pool, job_id)
+    latest = await pool.fetchval("SELECT max(id) FROM ai_job_events")
+    slow = hub.subscribe(job_id, after_seq=latest)
+    fast = hub.subscribe(job_id, after_seq=latest)
+    fast_events: list[JobEvent] = []
+    for step in range(1, 11):
+        await many_steps(pool, job_id, step * 50 - 49, step * 50, total=500)
+        # The fast reader keeps up, live, while the slow one reads nothing.
+        while not fast_events or fast_events[-1].job.progress_current != step * 50:
+            event = await asyncio.wait_for(fast.next(), 10)
+            assert event is not None
+            fast_events.append(event)
+
+    async def slow_is_full() -> bool:
+        return slow.behind and slow.room == 0
+
+    # Its buffer holds what it holds (16 events), not the 484 it has not had room for.
+    await wait_until(slow_is_full)
+    await complete(pool, job_id)
+    slow_events = await read_until_terminal(slow)
+    fast_events += await read_until_terminal(fast)
+
+    rows = await event_rows(pool, job_id)
+    assert len(rows) == 503
+    for events in (slow_events, fast_events):
+        assert [e.seq for e in events] == [r["id"] for r in rows[2:]]
+    assert [e.job.progress_current for e in slow_events[:-1]] == list(range(1, 501))
+    hub.unsubscribe(slow)
+    hub.unsubscribe(fast)
 
 
 async def next_item(sub: Subscription) -> JobEvent | Idle | None:

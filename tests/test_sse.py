@@ -40,6 +40,7 @@ from tests.conftest import (
 from tests.fake_anthropic import Delay, FakeAnthropic, Refusal
 from tests.pg import DatabaseFactory
 from tests.test_api_jobs import make_mapping
+from tests.test_events import complete, many_steps, start_processing
 from tests.test_processors import dispatch
 
 Client = TestClient[Any, Any]
@@ -219,6 +220,44 @@ async def test_a_finished_job_gives_its_final_state_then_closes(
     # Resuming after the last event: nothing is left; 204 stops EventSource reconnecting.
     done = await client.get(path, headers={"Last-Event-ID": str(logged[-1]["id"])})
     assert done.status == 204
+
+
+async def test_a_resume_after_a_thousand_missed_events_gets_them_all_then_live_ones(
+    client: Client, pool: asyncpg.Pool
+) -> None:
+    job_id = str(
+        await pool.fetchval(
+            "INSERT INTO ai_jobs (job_type, entity_id, created_by)"
+            " VALUES ('ai-match', 1, 'test-user') RETURNING id"
+        )
+    )
+    path = f"/api/ai-jobs/{job_id}/events"
+    first = await client.get(path)
+    seen, _ = await Stream(first).next_event()
+    first.close()  # the connection drops; a thousand changes happen meanwhile
+    await start_processing(pool, uuid.UUID(job_id))
+    await many_steps(pool, uuid.UUID(job_id), 1, 1000, total=1002)
+    missed = len(await logged_events(pool, job_id, after=seen))
+    assert missed == 1001
+
+    stream = Stream(await client.get(path, headers={"Last-Event-ID": str(seen)}))
+    await stream.until("Step 1000")
+    # Then the live ones, on the same stream.
+    await many_steps(pool, uuid.UUID(job_id), 1001, 1002)
+    await complete(pool, uuid.UUID(job_id))
+    resumed = await stream.rest()
+    logged = await logged_events(pool, job_id, after=seen)
+    assert [(seq, job["status"], job["progressMessage"]) for seq, job in resumed] == [
+        (r["id"], r["status"], r["progress_message"]) for r in logged
+    ]
+    assert len(resumed) == 1004
+    assert [job["progress"]["current"] for _, job in resumed[1:-1]] == list(range(1, 1003))
+
+    # From 0: the job's whole log, through the end.
+    replayed = await Stream(await client.get(f"{path}?lastEventId=0")).rest()
+    assert [seq for seq, _ in replayed] == [r["id"] for r in await logged_events(pool, job_id)]
+    assert len(replayed) == 1005
+    assert replayed[-1][1] == await get_json(client, f"/api/ai-jobs/{job_id}")
 
 
 async def test_errors_are_json_before_the_stream_starts(client: Client, pool: asyncpg.Pool) -> None:

@@ -764,7 +764,8 @@ def _paths() -> dict[str, Any]:
                     {
                         "name": "Last-Event-ID",
                         "in": "header",
-                        "description": "Resume after this event",
+                        "description": "Resume after this event: every later event, in "
+                        "order, however many (0: the job's whole log)",
                         "schema": event_id,
                     },
                     {

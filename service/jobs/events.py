@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import enum
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,19 @@ class JobEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Page:
+    """Events of one job read from the log, and the seq of the job's latest event then."""
+
+    events: list[JobEvent]
+    latest_seq: int
+
+    @property
+    def complete(self) -> bool:
+        """Whether the read reached the job's latest event (else there is more to read)."""
+        return not self.events or self.events[-1].seq >= self.latest_seq
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A job and the seq of its latest event (None when it has none), read together."""
 
@@ -56,17 +69,18 @@ class Snapshot:
 
 
 def _events_of(row: Mapping[str, Any] | asyncpg.Record) -> list[JobEvent]:
-    """The states of a job after each of its new events.
+    """The states of a job after each of the events read.
 
-    Only the latest event's state is the row itself. An earlier one keeps the row's other
-    fields with the event's status and progress; what only a finished job has (result,
+    Only the job's latest event's state is the row itself. An earlier one keeps the row's
+    other fields with the event's status and progress; what only a finished job has (result,
     error, finish time) it carries only when that event finished the job.
     """
     current = Job.from_record(row)
+    latest: int = row["event_seq"]
     records: Sequence[Mapping[str, Any]] = row["events"]
     events: list[JobEvent] = []
-    for index, record in enumerate(records):
-        if index == len(records) - 1:
+    for record in records:
+        if record["id"] == latest:
             events.append(JobEvent(record["id"], current))
             continue
         finished = record["status"] in FINISHED
@@ -99,11 +113,12 @@ class EventStore:
         return Snapshot(Job.from_record(row), row["event_seq"])
 
     async def events_after(
-        self, job_ids: Sequence[uuid.UUID], after_seqs: Sequence[int]
-    ) -> dict[uuid.UUID, list[JobEvent]]:
-        """The events of each job after its seq, oldest first; jobs with none are left out."""
-        rows = await self.pool.fetch(Q.events_after, list(job_ids), list(after_seqs))
-        return {row["id"]: _events_of(row) for row in rows}
+        self, job_ids: Sequence[uuid.UUID], after_seqs: Sequence[int], limit: int = 256
+    ) -> dict[uuid.UUID, Page]:
+        """The events of each job after its seq, oldest first, at most `limit` of them per
+        job; jobs with none are left out."""
+        rows = await self.pool.fetch(Q.events_after, list(job_ids), list(after_seqs), limit)
+        return {row["id"]: Page(_events_of(row), row["event_seq"]) for row in rows}
 
     async def prune(self, older_than_s: float) -> int:
         """Delete the events of jobs finished more than `older_than_s` ago; returns how many."""
@@ -130,9 +145,11 @@ IDLE_BATCH = 16
 class Subscription:
     """One reader of one job's events, fed by the hub.
 
-    The buffer is bounded: a reader that falls behind loses the oldest intermediate events
-    (each event carries the whole job, so the latest state is never lost), but never an event
-    that finished the job. Events arrive in order, each once.
+    The buffer is bounded, and nothing is ever dropped from it: an event offered to a full
+    buffer is refused, and the subscription is `behind`. Once its reader has taken half of
+    the buffer, it asks the hub (`on_room`) to read on from the log after the last event it
+    took. So a reader that falls behind, or resumes from long ago, gets every event in
+    order, each once, and holds at most `buffer_size` of them at a time.
 
     An API process holds one of these per open event stream, so it keeps only what a waiting
     reader needs: no buffer until an event arrives, no future until the reader waits, and no
@@ -144,18 +161,28 @@ class Subscription:
         "_buffer_size",
         "_closed",
         "_idle_ticks",
+        "_on_room",
         "_waiter",
-        "dropped",
+        "behind",
         "job_id",
         "last_seq",
     )
 
     def __init__(
-        self, job_id: uuid.UUID, after_seq: int, buffer_size: int, *, idle_wakeups: bool = False
+        self,
+        job_id: uuid.UUID,
+        after_seq: int,
+        buffer_size: int,
+        *,
+        idle_wakeups: bool = False,
+        on_room: Callable[[Subscription], None] | None = None,
     ) -> None:
         self.job_id = job_id
+        # The seq of the last event taken: the log is read on from here.
         self.last_seq = after_seq
-        self.dropped = 0
+        # An event was refused for want of room: the log has more for this reader.
+        self.behind = False
+        self._on_room = on_room
         self._buffer: list[JobEvent] | None = None
         self._buffer_size = max(buffer_size, 1)
         self._waiter: asyncio.Future[None] | None = None
@@ -167,6 +194,11 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def room(self) -> int:
+        """How many more events the buffer takes."""
+        return self._buffer_size - len(self._buffer or ())
+
     def poll(self) -> JobEvent | Idle | None:
         """The next event if one is buffered; else `Idle.IDLE` if the subscription has been
         idle for the hub's idle period; else None (then `wait`, unless it is closed)."""
@@ -177,6 +209,10 @@ class Subscription:
                 self._buffer = None
             if self._idle_ticks > 0:
                 self._idle_ticks = 0
+            if self.behind and len(buffer) <= self._buffer_size // 2:
+                self.behind = False
+                if self._on_room is not None and not self._closed:
+                    self._on_room(self)
             return event
         if self._idle_ticks >= IDLE_TICKS:
             self._idle_ticks = 0
@@ -203,18 +239,20 @@ class Subscription:
                 await self.wait()
 
     def offer(self, event: JobEvent) -> None:
+        """Take the event, unless already taken, or the buffer is full (then `behind`).
+
+        The caller offers the events after `last_seq` in order, none left out: the
+        subscription cannot tell a gap, since seqs are shared by every job.
+        """
         if self._closed or event.seq <= self.last_seq:
             return
-        self.last_seq = event.seq
         buffer = self._buffer
         if buffer is None:
             buffer = self._buffer = []
         elif len(buffer) >= self._buffer_size:
-            for index, queued in enumerate(buffer):
-                if not queued.terminal:
-                    del buffer[index]
-                    self.dropped += 1
-                    break
+            self.behind = True
+            return
+        self.last_seq = event.seq
         buffer.append(event)
         self._wake()
 
@@ -244,11 +282,13 @@ class EventHub:
     """Fans the event log out to the subscribers of this process over one LISTEN connection.
 
     Wakes on a NOTIFY naming a job that has subscribers, on a new subscriber, after every
-    (re)connect of the listener (to read what happened while it was away), and every
-    `poll_interval_s` regardless; each wake-up is one query for every job concerned. Each job
-    is read from the lowest seq any of its subscribers has had, and each subscriber takes
-    only what is newer than its own, so a late subscriber catches up and none sees an event
-    twice.
+    (re)connect of the listener (to read what happened while it was away), when a subscriber
+    that fell behind has room again, and every `poll_interval_s` regardless; each wake-up is
+    one query for every job concerned. Each job is read from the lowest seq any of its
+    subscribers with room has had, at most a buffer's worth at a time, and each of them
+    takes only what is newer than its own; one with a full buffer is read for once it has
+    room. So a late or slow subscriber catches up from the log, and none misses an event or
+    sees one twice.
 
     Subscribers that ask for idle wake-ups (an event stream's keepalives) share one idle
     clock, a task that ticks every subscription `IDLE_TICKS` times per idle period, rather
@@ -273,7 +313,7 @@ class EventHub:
             max_backoff_s=max_backoff_s,
         )
         self._poll_interval_s = poll_interval_s
-        self._buffer_size = buffer_size
+        self._buffer_size = max(buffer_size, 1)
         self._max_backoff_s = max_backoff_s
         self._subscribers: dict[uuid.UUID, set[Subscription]] = {}
         self._dirty: set[uuid.UUID] = set()
@@ -326,7 +366,13 @@ class EventHub:
         With `idle_s`, the subscription's `poll` also gives `Idle.IDLE` after that long
         without an event (after the shortest `idle_s` any subscriber asked for).
         """
-        sub = Subscription(job_id, after_seq, self._buffer_size, idle_wakeups=idle_s is not None)
+        sub = Subscription(
+            job_id,
+            after_seq,
+            self._buffer_size,
+            idle_wakeups=idle_s is not None,
+            on_room=self._on_room,
+        )
         if self._draining:
             sub.close()
             return sub
@@ -387,6 +433,11 @@ class EventHub:
                 self._dirty.add(job_id)
                 self._wake.set()
 
+    def _on_room(self, sub: Subscription) -> None:
+        if sub.job_id in self._subscribers:
+            self._dirty.add(sub.job_id)
+            self._wake.set()
+
     def _on_connect(self) -> None:
         # Notifications sent while the listener was away are lost; the log has the events.
         self._dirty.update(self._subscribers)
@@ -401,13 +452,24 @@ class EventHub:
             except TimeoutError:
                 self._dirty.update(self._subscribers)
             self._wake.clear()
-            job_ids = [job_id for job_id in self._dirty if job_id in self._subscribers]
+            job_ids: list[uuid.UUID] = []
+            after: list[int] = []
+            for job_id in self._dirty:
+                subs = self._subscribers.get(job_id, ())
+                # A full subscriber is read for when it has room again; reading from its
+                # seq now would only hold back the others.
+                seqs = [sub.last_seq for sub in subs if sub.room]
+                for sub in subs:
+                    if not sub.room:
+                        sub.behind = True
+                if seqs:
+                    job_ids.append(job_id)
+                    after.append(min(seqs))
             self._dirty.clear()
             if not job_ids:
                 continue
-            after = [min(sub.last_seq for sub in self._subscribers[j]) for j in job_ids]
             try:
-                events = await self.store.events_after(job_ids, after)
+                pages = await self.store.events_after(job_ids, after, self._buffer_size)
             except Exception as exc:
                 # Followers wait on this loop alone: it must outlive any failure.
                 if isinstance(exc, _DB_ERRORS):
@@ -420,10 +482,20 @@ class EventHub:
                 self._wake.set()
                 continue
             backoff = 0.1
-            for job_id, job_events in events.items():
+            for job_id, since in zip(job_ids, after, strict=True):
+                page = pages.get(job_id)
+                if page is None:
+                    continue
                 for sub in list(self._subscribers.get(job_id, ())):
-                    for event in job_events:
+                    # Only a subscriber the read started at or before may take from it:
+                    # one further behind would see a gap.
+                    if sub.last_seq < since:
+                        continue
+                    for event in page.events:
                         sub.offer(event)
+                if not page.complete:
+                    self._dirty.add(job_id)
+                    self._wake.set()
 
 
 class EventPruner(Periodic):
