@@ -103,7 +103,7 @@ async def _report(settings: Settings, args: argparse.Namespace) -> str:
     from service.db.pool import connect
 
     async with runtime.database(settings) as dsn:
-        conn = await connect(dsn, "aijobs-cli")
+        conn = await connect(dsn, "aijobs-cli", pooled=settings.pooled)
         try:
             if args.command == "stats":
                 return await stats.stats_text(conn, args.days)
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         async def _migrate() -> None:
             async with runtime.database(settings) as dsn:
-                applied = await runtime.run_migrations(dsn)
+                applied = await runtime.run_migrations(settings, dsn)
                 print(f"applied migrations {applied}" if applied else "migrations up to date")
 
         _run(_migrate())

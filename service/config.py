@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 JOB_TYPES = ("ai-match", "ai-coverage", "ai-map-controls")
@@ -73,6 +74,16 @@ def _fraction(env: Mapping[str, str], name: str, default: float, maximum: float)
 
 
 SYNCHRONOUS_COMMIT_LEVELS = ("on", "off", "local", "remote_write", "remote_apply")
+POOLER_MODES = ("auto", "on", "off")
+# The ports poolers listen on by default: PgBouncer's, and Supabase's transaction pooler's.
+POOLER_PORTS = (6432, 6543)
+
+
+def _port(url: str) -> int | None:
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: Sequence[str]) -> str:
@@ -131,6 +142,14 @@ class Settings:
     data_dir: Path = Path(".aijobs")
     pool_min_size: int = 2
     pool_max_size: int = 10
+    # A direct (or session-mode pooler) connection string for what needs a session of its
+    # own: each LISTEN connection, migrations and their lock. None: DATABASE_URL.
+    direct_url: str | None = None
+    # Whether DATABASE_URL may be a connection pooler (PgBouncer, Supavisor), in transaction
+    # or session mode: then no prepared statement is kept on a connection and no setting is
+    # sent when connecting. "auto": when AIJOBS_DIRECT_URL names another server, or
+    # DATABASE_URL's port is a pooler's (6432, 6543).
+    pooler: str = "auto"
     # Postgres' synchronous_commit for the worker's connections. "off": a worker's commit
     # returns before its WAL reaches the disk. A crash of Postgres itself may then undo the
     # last fraction of a second of claims, progress and outcomes; each undone write is redone
@@ -210,6 +229,21 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
 
     @property
+    def pooled(self) -> bool:
+        """DATABASE_URL may be a connection pooler (see `pooler`)."""
+        if self.pooler != "auto":
+            return self.pooler == "on"
+        if self.database_url is None:
+            return False
+        if self.direct_url is not None and self.direct_url != self.database_url:
+            return True
+        return _port(self.database_url) in POOLER_PORTS
+
+    def session_url(self, dsn: str) -> str:
+        """Where sessions go (LISTEN, migrations): AIJOBS_DIRECT_URL, else `dsn`."""
+        return self.direct_url or dsn
+
+    @property
     def uses_claude(self) -> bool:
         return self.anthropic_api_key is not None
 
@@ -247,6 +281,8 @@ class Settings:
             data_dir=Path(e.get("AIJOBS_DATA_DIR") or defaults.data_dir),
             pool_min_size=_int(e, "AIJOBS_POOL_MIN_SIZE", defaults.pool_min_size, 0),
             pool_max_size=_int(e, "AIJOBS_POOL_MAX_SIZE", defaults.pool_max_size, 1),
+            direct_url=_str(e, "AIJOBS_DIRECT_URL"),
+            pooler=_choice(e, "AIJOBS_POOLER", defaults.pooler, POOLER_MODES),
             worker_synchronous_commit=_choice(
                 e,
                 "AIJOBS_WORKER_SYNCHRONOUS_COMMIT",
@@ -335,6 +371,8 @@ class Settings:
             log_level=(e.get("AIJOBS_LOG_LEVEL") or defaults.log_level).lower(),
             log_format=log_format,
         )
+        if settings.direct_url is not None and settings.database_url is None:
+            raise ConfigError("AIJOBS_DIRECT_URL is set but DATABASE_URL is not: set both")
         if settings.heartbeat_s >= settings.lease_s / 2:
             raise ConfigError(
                 f"AIJOBS_HEARTBEAT ({settings.heartbeat_s:g} s) must be under half of "

@@ -50,9 +50,11 @@ async def run(settings: Settings, host: str, port: int, *, serve_after: bool) ->
     _say(f"  database: {where}")
     _say(f"  analyzer: {who}")
     async with runtime.database(settings) as dsn:
-        applied = await runtime.run_migrations(dsn)
+        applied = await runtime.run_migrations(settings, dsn)
         _say(f"  migrations: {'applied ' + str(applied) if applied else 'up to date'}")
-        pool = await create_pool(dsn, settings.pool_min_size, settings.pool_max_size)
+        pool = await create_pool(
+            dsn, settings.pool_min_size, settings.pool_max_size, pooled=settings.pooled
+        )
         try:
             ids = await load_sample(EntityStore(pool))
             _say(

@@ -59,8 +59,10 @@ async def database(settings: Settings) -> AsyncIterator[str]:
         server.stop()
 
 
-async def run_migrations(dsn: str) -> list[int]:
-    conn = await connect(dsn)
+async def run_migrations(settings: Settings, dsn: str) -> list[int]:
+    """Apply the pending migrations, on AIJOBS_DIRECT_URL when it is set."""
+    session = settings.session_url(dsn)
+    conn = await connect(session, "aijobs-migrate", pooled=settings.pooled and session == dsn)
     try:
         return await migrate(conn)
     finally:
@@ -115,6 +117,7 @@ async def create_worker_pool(
         settings.pool_max_size,
         application_name,
         synchronous_commit=settings.worker_synchronous_commit,
+        pooled=settings.pooled,
     )
 
 
@@ -161,7 +164,7 @@ async def running_worker(
             retry_policy=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
         )
         worker = Worker(
-            dsn,
+            settings.session_url(dsn),
             JobStore(pool),
             build_registry(deps, {t: settings.timeout_for(t) for t in JOB_TYPES}),
             worker_options(settings, concurrency),
@@ -230,7 +233,7 @@ async def serve(
     """Run the API, the worker, or both, until SIGTERM or SIGINT."""
     stop = stop_on_signals()
     async with database(settings) as dsn:
-        await run_migrations(dsn)
+        await run_migrations(settings, dsn)
         role = "serve" if api and worker else "api" if api else "worker"
         # The worker's commits may be asynchronous (see Settings.worker_synchronous_commit);
         # the API's follow the server's setting, so that a 202 is as durable as the server
@@ -241,6 +244,7 @@ async def serve(
             settings.pool_max_size,
             f"aijobs-{role}",
             synchronous_commit=None if api else settings.worker_synchronous_commit,
+            pooled=settings.pooled,
         )
         worker_pool = pool
         if api and worker:

@@ -17,7 +17,6 @@ import itertools
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -26,6 +25,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from tests.debian import PackageUnavailable, apt_install
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -45,7 +46,6 @@ FLAGS = (
 
 _DEVTOOLS_LINE = re.compile(rb"DevTools listening on (ws://\S+)")
 _STDERR_KEPT = 256 * 1024
-_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "a"}
 
 
 class BrowserUnavailable(Exception):
@@ -67,25 +67,10 @@ def chromium_path(install: bool = True) -> str:
             return candidate
     if not install:
         raise BrowserUnavailable(f"{CHROMIUM} is not installed")
-    if os.geteuid() != 0:
-        raise BrowserUnavailable(
-            f"{CHROMIUM} is not installed and installing it needs root: "
-            "run `apt-get install chromium` as root (or run the tests as root)"
-        )
-    if shutil.which("apt-get") is None:
-        raise BrowserUnavailable(f"{CHROMIUM} is not installed and there is no apt-get here")
-    env = {**os.environ, **_APT_ENV}
-    # apt waits for a lock held by another apt instead of failing at once.
-    lock_wait = ["-o", "DPkg::Lock::Timeout=300"]
-    subprocess.run(["apt-get", *lock_wait, "update"], check=True, env=env, timeout=600)
-    subprocess.run(
-        ["apt-get", *lock_wait, "install", "-y", "--no-install-recommends", "chromium"],
-        check=True,
-        env=env,
-        timeout=1200,
-    )
-    if not os.access(CHROMIUM, os.X_OK):
-        raise BrowserUnavailable(f"apt-get installed chromium, but {CHROMIUM} is not there")
+    try:
+        apt_install("chromium", CHROMIUM)
+    except PackageUnavailable as exc:
+        raise BrowserUnavailable(str(exc)) from None
     return CHROMIUM
 
 

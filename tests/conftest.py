@@ -26,6 +26,7 @@ from service.logs import configure_logging
 from service.runtime import running_worker
 from tests.fake_anthropic import FakeAnthropic
 from tests.pg import DatabaseFactory
+from tests.pgbouncer import PgBouncer
 from tests.tcp_proxy import TcpProxy
 
 
@@ -228,3 +229,13 @@ async def start_worker_process(
     finally:
         os.close(fd)
     return WorkerProcess(proc, log_path)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(databases: DatabaseFactory) -> Iterator[PgBouncer]:
+    """Debian's PgBouncer in transaction mode in front of the test server (installed first
+    when it is missing)."""
+    bouncer = PgBouncer(databases.admin_dsn)
+    bouncer.start()
+    yield bouncer
+    bouncer.stop()

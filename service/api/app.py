@@ -50,7 +50,9 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         owned = pool is None
-        the_pool = pool or await create_pool(dsn, settings.pool_min_size, settings.pool_max_size)
+        the_pool = pool or await create_pool(
+            dsn, settings.pool_min_size, settings.pool_max_size, pooled=settings.pooled
+        )
         app[POOL] = the_pool
         app[ENTITIES] = EntityStore(the_pool)
         app[JOBS] = JobStore(the_pool)
@@ -64,7 +66,7 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
 
     async def live_events(app: web.Application) -> AsyncIterator[None]:
         store = EventStore(app[POOL])
-        hub = EventHub(dsn, store, poll_interval_s=settings.poll_interval_s)
+        hub = EventHub(settings.session_url(dsn), store, poll_interval_s=settings.poll_interval_s)
         pruner = EventPruner(store, settings.event_retention_s)
         app[EVENT_HUB] = hub
         metrics.gauge_from(

@@ -55,6 +55,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     return sorted(migrations, key=lambda m: m.version)
 
 
+# The lock is taken before this runs: two processes creating it at once would collide.
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS aijobs_migrations (
   version    integer PRIMARY KEY,
@@ -68,36 +69,42 @@ CREATE TABLE IF NOT EXISTS aijobs_migrations (
 async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> list[int]:
     """Apply every migration not yet applied; return the versions applied now.
 
-    Holds a session advisory lock so that two processes starting at once apply each file once.
+    Each migration is applied in a transaction of its own that first takes a transaction
+    advisory lock, then checks whether another process applied it meanwhile: processes
+    starting at once apply each file exactly once, and nothing outlives a transaction, so
+    this is safe through a transaction-mode connection pooler too.
     """
     migrations = load_migrations(directory)
     applied_now: list[int] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
-    try:
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
         await conn.execute(_CREATE_TABLE)
         rows = await conn.fetch("SELECT version, checksum FROM aijobs_migrations")
-        applied = {r["version"]: r["checksum"] for r in rows}
-        for migration in migrations:
-            if migration.version in applied:
-                if applied[migration.version] != migration.checksum:
-                    log.warning(
-                        "migration_changed_after_apply",
-                        version=migration.version,
-                        name=migration.name,
-                    )
-                continue
-            async with conn.transaction():
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO aijobs_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
+    applied = {r["version"]: r["checksum"] for r in rows}
+    for migration in migrations:
+        if migration.version in applied:
+            if applied[migration.version] != migration.checksum:
+                log.warning(
+                    "migration_changed_after_apply",
+                    version=migration.version,
+                    name=migration.name,
                 )
-            log.info("migration_applied", version=migration.version, name=migration.name)
-            applied_now.append(migration.version)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+            continue
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
+            if await conn.fetchval(
+                "SELECT true FROM aijobs_migrations WHERE version = $1", migration.version
+            ):
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO aijobs_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+        log.info("migration_applied", version=migration.version, name=migration.name)
+        applied_now.append(migration.version)
     return applied_now
 
 

@@ -37,10 +37,26 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
     """Skip asyncpg's reset query on release, a round trip per checkout.
 
     It would undo session state, and we leave none: settings are transaction-local
-    (set_config(..., true)), advisory locks are transaction locks or released in a finally,
-    and LISTEN runs on dedicated connections outside the pool. An open transaction is still
-    rolled back by asyncpg before release.
+    (set_config(..., true)), advisory locks are transaction locks, and LISTEN runs on
+    dedicated connections outside the pool. An open transaction is still rolled back by
+    asyncpg before release. Behind a transaction-mode pooler, the server connection under a
+    pooled one changes between transactions anyway.
     """
+
+
+def _connect_options(application_name: str, pooled: bool) -> dict[str, Any]:
+    """What every connection sends when it connects.
+
+    `pooled`: the DSN may be a connection pooler (PgBouncer, Supavisor). It may hand each
+    transaction to another server connection, so asyncpg keeps no named prepared statement
+    (its statement cache is off: each query is parsed with the unnamed statement, in the same
+    message batch as its execution); and a pooler refuses startup parameters other than a few
+    such as application_name.
+    """
+    options: dict[str, Any] = {"server_settings": {"application_name": application_name}}
+    if pooled:
+        options["statement_cache_size"] = 0
+    return options
 
 
 async def create_pool(
@@ -50,12 +66,15 @@ async def create_pool(
     application_name: str = "aijobs",
     *,
     synchronous_commit: str | None = None,
+    pooled: bool = False,
 ) -> asyncpg.Pool:
     """A pool of connections; `synchronous_commit` sets Postgres' setting of that name for
-    every one of them (None: the server's default)."""
-    server_settings = {"application_name": application_name}
-    if synchronous_commit is not None:
-        server_settings["synchronous_commit"] = synchronous_commit
+    every one of them (None: the server's default). `pooled`: `dsn` may be a connection
+    pooler (see `_connect_options`); then `synchronous_commit` cannot be sent, and the
+    commits follow the server's (or the role's) setting."""
+    options = _connect_options(application_name, pooled)
+    if synchronous_commit is not None and not pooled:
+        options["server_settings"]["synchronous_commit"] = synchronous_commit
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -64,18 +83,18 @@ async def create_pool(
         reset=_no_reset,
         timeout=CONNECT_TIMEOUT_S,
         command_timeout=COMMAND_TIMEOUT_S,
-        server_settings=server_settings,
+        **options,
     )
     assert pool is not None
     return pool
 
 
-async def connect(dsn: str, application_name: str = "aijobs") -> asyncpg.Connection:
-    """A single connection outside any pool (LISTEN, migrations)."""
+async def connect(
+    dsn: str, application_name: str = "aijobs", *, pooled: bool = False
+) -> asyncpg.Connection:
+    """A single connection outside any pool (LISTEN, migrations, the command line)."""
     conn: asyncpg.Connection = await asyncpg.connect(
-        dsn,
-        timeout=CONNECT_TIMEOUT_S,
-        server_settings={"application_name": application_name},
+        dsn, timeout=CONNECT_TIMEOUT_S, **_connect_options(application_name, pooled)
     )
     await init_connection(conn)
     return conn

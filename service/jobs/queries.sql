@@ -220,10 +220,7 @@ DELETE FROM ai_worker_registry WHERE id = $1;
 DELETE FROM ai_worker_registry WHERE heartbeat_at < now() - make_interval(secs => $1);
 
 -- name: try_prune_lock
-SELECT pg_try_advisory_lock($1);
-
--- name: prune_unlock
-SELECT pg_advisory_unlock($1);
+SELECT pg_try_advisory_xact_lock($1);
 
 -- name: prune_finished
 -- One batch, one short transaction: see ai_jobs_prune in sql/.

@@ -16,7 +16,8 @@ BATCH = 1000
 
 class Pruner(Periodic):
     """Deletes finished jobs older than `retention_s`, a batch per transaction, so that no
-    statement holds many row locks for long; one worker at a time does it."""
+    statement holds many row locks for long; one worker at a time does it, by a transaction
+    advisory lock each batch takes (nothing outlives a transaction behind a pooler)."""
 
     name = "pruner"
 
@@ -32,17 +33,14 @@ class Pruner(Periodic):
         """Delete what is old now; returns how many jobs were deleted (0 if another worker
         holds the lock)."""
         total = 0
-        async with self._store.pool.acquire() as conn:
-            if not await conn.fetchval(Q.try_prune_lock, PRUNE_LOCK_ID):
-                return 0
-            try:
-                while True:
-                    deleted: int = await conn.fetchval(Q.prune_finished, self._retention_s, BATCH)
-                    total += deleted
-                    if deleted < BATCH:
-                        break
-            finally:
-                await conn.fetchval(Q.prune_unlock, PRUNE_LOCK_ID)
+        while True:
+            async with self._store.pool.acquire() as conn, conn.transaction():
+                if not await conn.fetchval(Q.try_prune_lock, PRUNE_LOCK_ID):
+                    break
+                deleted: int = await conn.fetchval(Q.prune_finished, self._retention_s, BATCH)
+            total += deleted
+            if deleted < BATCH:
+                break
         if total:
             log.info("jobs_pruned", count=total, retention_s=self._retention_s)
         return total
