@@ -173,14 +173,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    _run(
-        runtime.serve(
-            settings,
-            api=run_api,
-            worker=run_worker,
-            host=getattr(args, "host", settings.host),
-            port=getattr(args, "port", settings.port),
-            concurrency=getattr(args, "concurrency", None),
+    from service.jobs.store import UserScopeUnavailable
+
+    try:
+        _run(
+            runtime.serve(
+                settings,
+                api=run_api,
+                worker=run_worker,
+                host=getattr(args, "host", settings.host),
+                port=getattr(args, "port", settings.port),
+                concurrency=getattr(args, "concurrency", None),
+            )
         )
-    )
+    except UserScopeUnavailable as exc:
+        print(f"aijobs: the API cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0

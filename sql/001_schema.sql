@@ -1,20 +1,21 @@
 -- Domain tables of the gap analysis and the ai_jobs queue.
 
--- Roles as Supabase has them; created here when the server does not have them yet.
+-- The role a user's reads run as (SET LOCAL ROLE), as Supabase has it; created here when
+-- the server does not have it yet, which needs CREATEROLE. An existing one is used as it is.
+-- No other role is needed, and none with BYPASSRLS (only a superuser may create those).
 DO $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
     CREATE ROLE authenticated NOLOGIN;
+    -- Before Postgres 16, its creator is not a member, and must be one to SET ROLE to it.
+    EXECUTE format('GRANT authenticated TO %I', current_user);
   END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-END $$;
-
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
-    CREATE ROLE service_role NOLOGIN BYPASSRLS;
-  END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+EXCEPTION
+  WHEN duplicate_object OR unique_violation THEN NULL;
+  WHEN insufficient_privilege THEN
+    RAISE EXCEPTION 'role "authenticated" does not exist, and % may not create it', current_user
+      USING HINT = format('As an administrator: CREATE ROLE authenticated NOLOGIN; '
+                          'GRANT authenticated TO %I;', current_user);
 END $$;
 
 CREATE FUNCTION aijobs_touch_updated_at() RETURNS trigger
@@ -147,4 +148,3 @@ ALTER TABLE ai_jobs ENABLE ROW LEVEL SECURITY;
 CREATE POLICY ai_jobs_read_own ON ai_jobs FOR SELECT TO authenticated
   USING (created_by = aijobs_request_user());
 GRANT SELECT ON ai_jobs TO authenticated;
-GRANT ALL ON ai_jobs TO service_role;

@@ -85,4 +85,3 @@ CREATE POLICY ai_job_events_read_own ON ai_job_events FOR SELECT TO authenticate
     WHERE j.id = ai_job_events.job_id AND j.created_by = aijobs_request_user()
   ));
 GRANT SELECT ON ai_job_events TO authenticated;
-GRANT ALL ON ai_job_events TO service_role;

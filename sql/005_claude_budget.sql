@@ -59,5 +59,3 @@ CREATE TABLE ai_rate_limits (
 
 CREATE TRIGGER ai_rate_limits_touch BEFORE UPDATE ON ai_rate_limits
   FOR EACH ROW EXECUTE FUNCTION aijobs_touch_updated_at();
-
-GRANT ALL ON ai_rate_limits TO service_role;

@@ -56,6 +56,13 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
         app[POOL] = the_pool
         app[ENTITIES] = EntityStore(the_pool)
         app[JOBS] = JobStore(the_pool)
+        try:
+            # Refuse to start, rather than answer 202 to dispatches and 500 to every read.
+            await app[JOBS].check_user_scope()
+        except BaseException:
+            if owned:
+                await the_pool.close()
+            raise
         app[JOB_READS] = Grouped(app[JOBS].read_many)
         app[DISPATCHER] = Dispatcher(
             the_pool, settings.max_attempts_for, settings.dispatch_per_minute

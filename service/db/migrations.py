@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
 from service.db.pool import Connection
+from service.db.queries import Queries
 from service.logs import get_logger
 
 log = get_logger(__name__)
+Q = Queries("service.db", "lockdown.sql")
 
 # Any constant shared by every process of aijobs: one migrator at a time per database.
 MIGRATION_LOCK_ID = 0x61696A6F6273  # "aijobs"
@@ -78,7 +82,8 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
     applied_now: list[int] = []
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
-        await conn.execute(_CREATE_TABLE)
+        async with locked_down(conn):
+            await conn.execute(_CREATE_TABLE)
         rows = await conn.fetch("SELECT version, checksum FROM aijobs_migrations")
     applied = {r["version"]: r["checksum"] for r in rows}
     for migration in migrations:
@@ -96,7 +101,8 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
                 "SELECT true FROM aijobs_migrations WHERE version = $1", migration.version
             ):
                 continue
-            await conn.execute(migration.sql)
+            async with locked_down(conn):
+                await conn.execute(migration.sql)
             await conn.execute(
                 "INSERT INTO aijobs_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                 migration.version,
@@ -106,6 +112,40 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
         log.info("migration_applied", version=migration.version, name=migration.name)
         applied_now.append(migration.version)
     return applied_now
+
+
+def _default_grant(row: asyncpg.Record, grant: bool) -> str:
+    scope = f" IN SCHEMA {row['schema']}" if row["schema"] else ""
+    what = f"{row['privilege']} ON {row['objects']}"
+    if grant:
+        option = " WITH GRANT OPTION" if row["grantable"] else ""
+        return f"ALTER DEFAULT PRIVILEGES{scope} GRANT {what} TO {row['grantee']}{option}"
+    return f"ALTER DEFAULT PRIVILEGES{scope} REVOKE {what} FROM {row['grantee']}"
+
+
+@contextlib.asynccontextmanager
+async def locked_down(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Run DDL (inside a transaction) so that what it creates is closed to everyone but its
+    owner, unless the DDL itself grants more.
+
+    The owner's default privileges that would give PUBLIC, anon or authenticated something
+    (Supabase's grant ALL on tables, sequences and functions in schema public; Postgres'
+    EXECUTE for PUBLIC on functions) are revoked while it runs, and restored after, in the
+    same transaction: the owner's other objects keep them. Every table it creates gets row
+    level security, every view security_invoker.
+    """
+    opened = await conn.fetch(Q.open_default_grants)
+    before = await conn.fetchval(Q.owned_relations)
+    for row in opened:
+        await conn.execute(_default_grant(row, grant=False))
+    yield
+    for row in opened:
+        await conn.execute(_default_grant(row, grant=True))
+    for rel in await conn.fetch(Q.new_relations, before):
+        if rel["is_view"] and not rel["security_invoker"]:
+            await conn.execute(f"ALTER VIEW {rel['name']} SET (security_invoker = true)")
+        elif not rel["is_view"] and not rel["relrowsecurity"]:
+            await conn.execute(f"ALTER TABLE {rel['name']} ENABLE ROW LEVEL SECURITY")
 
 
 async def pending_migrations(conn: Connection, directory: Path | None = None) -> list[int]:

@@ -226,6 +226,9 @@ SELECT pg_try_advisory_xact_lock($1);
 -- One batch, one short transaction: see ai_jobs_prune in sql/.
 SELECT ai_jobs_prune(make_interval(secs => $1), $2);
 
+-- name: session_role
+SELECT current_user::text;
+
 -- name: enter_user_scope
 -- For the rest of this transaction, act as an authenticated user with these JWT claims:
 -- row level security then shows only that user's jobs, whatever a query's WHERE says.

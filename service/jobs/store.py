@@ -35,6 +35,11 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+class UserScopeUnavailable(Exception):
+    """The service's database role cannot act as `authenticated`: every read of a user's
+    jobs would fail. The message names the GRANT that fixes it."""
+
+
 class LeaseLost(Exception):
     """The job is no longer ours: it was reaped, cancelled or finished elsewhere."""
 
@@ -104,6 +109,25 @@ class JobStore:
             if claims is not None:
                 await conn.execute(Q.enter_user_scope, orjson.dumps(claims).decode())
             yield JobReader(conn)
+
+    async def check_user_scope(self) -> None:
+        """Raise UserScopeUnavailable unless this role can enter a user's scope (`reader`)."""
+        async with self.pool.acquire() as conn:
+            role: str = await conn.fetchval(Q.session_role)
+            try:
+                async with conn.transaction():
+                    await conn.execute(Q.enter_user_scope, "{}")
+            except asyncpg.InsufficientPrivilegeError:
+                raise UserScopeUnavailable(
+                    f'the database role "{role}" cannot SET ROLE authenticated, so every read '
+                    "of a user's jobs would fail. As an administrator, run: "
+                    f'GRANT authenticated TO "{role}";'
+                ) from None
+            except asyncpg.InvalidParameterValueError:
+                raise UserScopeUnavailable(
+                    'the role "authenticated" does not exist. As an administrator, run: '
+                    f'CREATE ROLE authenticated NOLOGIN; GRANT authenticated TO "{role}";'
+                ) from None
 
     # -- dispatch and reads -------------------------------------------------------------
 
