@@ -181,3 +181,10 @@ async def test_six_migrators_at_once_apply_each_migration_once(
     finally:
         await conn.close()
     assert [r["version"] for r in rows] == versions
+
+
+async def test_the_pooler_bench_runs(databases: DatabaseFactory) -> None:
+    from bench.pooler import measure
+
+    result = await measure(databases.admin_dsn, jobs=10, runs=1)
+    assert result["direct_median_s"] > 0 and result["pgbouncer_median_s"] > 0
