@@ -47,13 +47,17 @@ async def _wait_for_completion(dsn: str, jobs: int, within: float) -> None:
         await conn.close()
 
 
-async def run_once(server_dsn: str, bouncer: PgBouncer | None, jobs: int) -> float:
-    """Seconds from the first dispatch to the last completion."""
+async def run_once(
+    server_dsn: str, bouncer: PgBouncer | None, jobs: int, *, no_cache: bool = False
+) -> float:
+    """Seconds from the first dispatch to the last completion. `no_cache`: direct, but as
+    if pooled (no statement cache), to tell the pooler's cost from the cache's."""
     async with scratch_database(server_dsn) as direct:
         dsn = bouncer.via(direct) if bouncer else direct
         settings = Settings(
             database_url=dsn,
             direct_url=direct if bouncer else None,
+            pooler="on" if no_cache else "auto",
             jwt_secret=TEST_JWT_SECRET,
             concurrency=50,
             dispatch_per_minute=0,
@@ -96,9 +100,10 @@ async def measure(server_dsn: str, jobs: int, runs: int) -> dict[str, Any]:
     bouncer = PgBouncer(server_dsn)
     bouncer.start()
     try:
-        times: dict[str, list[float]] = {"direct": [], "pgbouncer": []}
+        times: dict[str, list[float]] = {"direct": [], "direct_no_cache": [], "pgbouncer": []}
         for _ in range(runs):
             times["direct"].append(await run_once(server_dsn, None, jobs))
+            times["direct_no_cache"].append(await run_once(server_dsn, None, jobs, no_cache=True))
             times["pgbouncer"].append(await run_once(server_dsn, bouncer, jobs))
     finally:
         bouncer.stop()
