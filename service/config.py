@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,39 @@ def _fraction(env: Mapping[str, str], name: str, default: float, maximum: float)
     if not 0.0 < value <= maximum:
         raise ConfigError(f"{name} must be above 0 and at most {maximum}, got {value}")
     return value
+
+
+def _cookie_name(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise ConfigError(f"{name} must be a cookie name (letters, digits, -_.), not {value!r}")
+    return value
+
+
+def normalize_origin(value: str) -> str | None:
+    """`scheme://host[:port]` in lower case without a default port, or None when `value` is
+    no http(s) origin."""
+    match = re.fullmatch(r"(https?)://([^/?#@\s:]+)(?::(\d{1,5}))?/?", value.strip(), re.I)
+    if match is None:
+        return None
+    scheme, host, port = match.group(1).lower(), match.group(2).lower(), match.group(3)
+    if port is not None and int(port) == {"http": 80, "https": 443}[scheme]:
+        port = None
+    return f"{scheme}://{host}" + (f":{int(port)}" if port is not None else "")
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins: list[str] = []
+    for entry in (env.get(name) or "").split(","):
+        if not entry.strip():
+            continue
+        origin = normalize_origin(entry)
+        if origin is None:
+            raise ConfigError(
+                f"{name} must list origins like https://app.example.com, not {entry.strip()!r}"
+            )
+        origins.append(origin)
+    return tuple(dict.fromkeys(origins))
 
 
 SYNCHRONOUS_COMMIT_LEVELS = ("on", "off", "local", "remote_write", "remote_apply")
@@ -217,6 +251,12 @@ class Settings:
     jwt_secret: str | None = field(default=None, repr=False)
     # No secret: accept requests without a token as a development user. Never in production.
     insecure_dev_auth: bool = False
+    # The cookie that may carry the token instead of the Authorization header (a browser
+    # session); the @supabase/ssr session cookie `sb-<ref>-auth-token` is read as well.
+    auth_cookie: str = "aijobs_token"
+    # Origins (`https://app.example.com`) of web apps allowed to call the API from a browser:
+    # CORS for them, and cookie-authenticated POSTs from them pass the CSRF check. Empty: none.
+    cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 64 * 1024
     max_document_body_bytes: int = 2 * 1024 * 1024
     dispatch_per_minute: int = 60
@@ -355,6 +395,8 @@ class Settings:
             ),
             host=e.get("AIJOBS_HOST") or defaults.host,
             jwt_secret=_str(e, "AIJOBS_JWT_SECRET"),
+            auth_cookie=_cookie_name(e, "AIJOBS_AUTH_COOKIE", defaults.auth_cookie),
+            cors_origins=_origins(e, "AIJOBS_CORS_ORIGINS"),
             max_body_bytes=_int(e, "AIJOBS_MAX_BODY", defaults.max_body_bytes, 1024),
             max_document_body_bytes=_int(
                 e, "AIJOBS_MAX_DOCUMENT_BODY", defaults.max_document_body_bytes, 1024

@@ -69,7 +69,7 @@ async def run(settings: Settings, host: str, port: int, *, serve_after: bool) ->
                 ok = await _dispatch_and_watch(base, ids, token)
                 _say()
                 _say(f"API: {base}")
-                _say(f"Jobs page, signed in: {base}/#access_token={token}")
+                _say(f"Jobs page: {base}/ (sign in with the token below; it becomes a cookie)")
                 _say(f"A token for user {DEMO_USER!r}, valid for 24 hours:")
                 _say(f"  export TOKEN={token}")
                 auth = '-H "Authorization: Bearer $TOKEN"'
@@ -99,8 +99,16 @@ async def _dispatch_and_watch(base: str, ids: Any, token: str) -> bool:
     ]
     _say()
     jobs: dict[str, str] = {}
-    auth = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession(base, headers=auth) as http:
+    # As the jobs page does: the token is handed over once for a session cookie, which
+    # authenticates everything after it; a POST says where it comes from (its Origin).
+    cookies = aiohttp.CookieJar(unsafe=True)  # unsafe: it keeps cookies of an IP address
+    origin = {"Origin": base}
+    async with aiohttp.ClientSession(base, cookie_jar=cookies, headers=origin) as http:
+        async with http.post("/api/session", json={"accessToken": token}) as response:
+            if response.status != 200:
+                _say(f"POST /api/session -> {response.status} {await response.text()}")
+                return False
+        _say("POST /api/session -> 200 (signed in: a session cookie)")
         for job_type, path in requests:
             started = time.perf_counter()
             async with http.post(path) as response:
@@ -121,7 +129,7 @@ async def _dispatch_and_watch(base: str, ids: Any, token: str) -> bool:
 
         return _show
 
-    async with aiohttp.ClientSession(headers=auth) as session:
+    async with aiohttp.ClientSession(cookie_jar=cookies) as session:
         finals = await asyncio.gather(
             *(follow_job(session, base, job_id, show(t)) for t, job_id in jobs.items())
         )

@@ -40,6 +40,9 @@ def assert_demo_output(out: str) -> None:
     assert "[offline analyzer]" in out
     assert 'curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:' in out
     assert "export TOKEN=ey" in out
+    # Signed in for a session cookie, as the jobs page does; no token in any URL.
+    assert "POST /api/session -> 200" in out
+    assert "access_token=" not in out
 
 
 async def test_demo_against_database_url(dsn: str) -> None:

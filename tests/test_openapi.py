@@ -28,7 +28,7 @@ METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 # The jobs page and its assets: HTML, CSS and JavaScript for people, not part of the API.
 UNDESCRIBED = frozenset({("GET", "/"), ("GET", "/static/{name}")})
 # Answered without a token.
-PUBLIC = frozenset({PATH, "/healthz", "/readyz", "/metrics"})
+PUBLIC = frozenset({PATH, "/api/session", "/healthz", "/readyz", "/metrics"})
 # A stream that lasts as long as its job: described, not fuzzed.
 NOT_FUZZED = ("getJobEvents",)
 

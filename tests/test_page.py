@@ -240,6 +240,8 @@ async def test_dispatch_from_the_page_and_follow_it_live(
     await page.click("#sign-in-form button")
     await loaded(page, ids)
     assert await page.evaluate("document.querySelector('#sign-in').hidden")
+    # The token went to the API once, which keeps it in a cookie the page cannot read.
+    assert await page.evaluate("document.cookie + window.sessionStorage.length") == "0"
 
     seen = await map_controls_with_progress(page, ids)
     assert len(set(seen)) >= 2 and seen == sorted(seen) and seen[-1] == 3, seen

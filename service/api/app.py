@@ -9,8 +9,9 @@ import asyncpg
 from aiohttp import web
 
 from service.ai.dispatch import Dispatcher
-from service.api import entities, jobs, openapi, page, sse
+from service.api import entities, jobs, openapi, page, session, sse
 from service.api.auth import VERIFIED_TOKENS, VerifiedTokens, auth_middleware
+from service.api.cors import add_cors_headers, preflight_middleware
 from service.api.errors import error_middleware
 from service.api.state import (
     DISPATCHER,
@@ -39,7 +40,8 @@ CLIENT_MAX_SIZE = 3 * 1024 * 1024
 def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -> web.Application:
     """Build the API. With `pool`, use it (and leave closing it to the caller)."""
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=CLIENT_MAX_SIZE
+        middlewares=[error_middleware, preflight_middleware, auth_middleware],
+        client_max_size=CLIENT_MAX_SIZE,
     )
     app[SETTINGS] = settings
     app[page.ASSETS] = page.Assets.load()
@@ -98,9 +100,11 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(live_events)
     app.on_shutdown.append(end_streams)
+    app.on_response_prepare.append(add_cors_headers)
     app.add_routes(entities.routes)
     app.add_routes(jobs.routes)
     app.add_routes(sse.routes)
+    app.add_routes(session.routes)
     app.add_routes(openapi.routes)
     app.add_routes(page.routes)
     app.add_routes(ops_routes(lambda: app[POOL], metrics))

@@ -1,12 +1,20 @@
-"""Who is asking: bearer JWTs as Supabase issues them (HS256, `sub`, `role`, `exp`).
+"""Who is asking: JWTs as Supabase issues them (HS256, `sub`, `role`, `exp`).
 
-Every /api/ route needs a valid token, except the API description. The event stream also
-takes the token as `?access_token=`, since a browser's EventSource cannot set headers.
+Every /api/ route needs a valid token, except the API description and the session route.
+The token comes from, in this order: the `Authorization: Bearer` header; on the event stream,
+`?access_token=`; the cookie named by `AIJOBS_AUTH_COOKIE` (the raw token); the session cookie
+of @supabase/ssr, `sb-<ref>-auth-token`. Each is verified alike. A state-changing request
+authenticated by a cookie must also come from an allowed origin (see `cors`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import time
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -15,11 +23,16 @@ import jwt
 import orjson
 from aiohttp import web
 
+from service.api.cors import cross_site_reason
 from service.api.errors import ApiError, Handler
 from service.api.state import SETTINGS
 
 ROLES = ("authenticated", "service_role")
-PUBLIC_PATHS = frozenset({"/api/openapi.json"})
+SESSION_PATH = "/api/session"
+PUBLIC_PATHS = frozenset({"/api/openapi.json", SESSION_PATH})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SUPABASE_COOKIE = re.compile(r"sb-[A-Za-z0-9_-]+-auth-token")
+_BASE64_PREFIX = "base64-"
 REALM = 'Bearer realm="aijobs"'
 
 
@@ -71,16 +84,69 @@ def _has_nul(value: object) -> bool:
     return False
 
 
-def _token_of(request: web.Request) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    token: str
+    by_cookie: bool
+
+
+def _credentials_of(request: web.Request, cookie_name: str) -> Credentials | None:
     header = request.headers.get("Authorization")
     if header is not None:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("The Authorization header must be 'Bearer <token>'")
-        return token.strip()
+        return Credentials(token.strip(), by_cookie=False)
     if request.path.endswith("/events"):
-        return request.query.get("access_token") or None
+        query_token = request.query.get("access_token")
+        if query_token:
+            return Credentials(query_token, by_cookie=False)
+    from_cookie = cookie_token(request.cookies, cookie_name)
+    return Credentials(from_cookie, by_cookie=True) if from_cookie is not None else None
+
+
+def cookie_token(cookies: Mapping[str, str], name: str) -> str | None:
+    """The token of a browser session: the raw token in the cookie `name`, else the access
+    token in a session cookie of @supabase/ssr."""
+    raw = cookies.get(name)
+    if raw:
+        return urllib.parse.unquote(raw).strip() or None
+    for cookie in sorted(cookies):
+        if _SUPABASE_COOKIE.fullmatch(cookie) or (
+            cookie.endswith(".0") and _SUPABASE_COOKIE.fullmatch(cookie[:-2])
+        ):
+            token = supabase_access_token(cookies, cookie.removesuffix(".0"))
+            if token is not None:
+                return token
     return None
+
+
+def supabase_access_token(cookies: Mapping[str, str], key: str) -> str | None:
+    """The `access_token` of the session @supabase/ssr keeps under `key`: in one cookie, or
+    split into `key.0`, `key.1`, ...; URI-encoded JSON, or `base64-` and base64url JSON."""
+    value = cookies.get(key)
+    if value is None:
+        chunks: list[str] = []
+        while (chunk := cookies.get(f"{key}.{len(chunks)}")) is not None:
+            chunks.append(chunk)
+        value = "".join(urllib.parse.unquote(chunk) for chunk in chunks)
+    else:
+        value = urllib.parse.unquote(value)
+    if value.startswith(_BASE64_PREFIX):
+        encoded = value[len(_BASE64_PREFIX) :]
+        try:
+            value = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+    try:
+        session = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    # Older helpers kept the session as a list, the access token first.
+    token = session.get("access_token") if isinstance(session, dict) else None
+    if isinstance(session, list) and session:
+        token = session[0]
+    return token if isinstance(token, str) and token else None
 
 
 def verify_token(token: str, secret: str) -> Identity:
@@ -134,23 +200,34 @@ class VerifiedTokens:
 VERIFIED_TOKENS = web.AppKey("verified_tokens", VerifiedTokens)
 
 
+def check_origin(request: web.Request) -> None:
+    """Refuse (403) a request a page on another site may have made the browser send."""
+    reason = cross_site_reason(request)
+    if reason is not None:
+        raise ApiError(403, "cross_site_request", reason)
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
         settings = request.app[SETTINGS]
-        token = _token_of(request)
+        credentials = _credentials_of(request, settings.auth_cookie)
         if settings.jwt_secret is None:
             # Only reachable with --insecure-dev-auth: the API refuses to start otherwise.
             request[IDENTITY_KEY] = DEV_IDENTITY
-        elif token is None:
+        elif credentials is None:
             raise ApiError(
                 401,
                 "unauthorized",
-                "Send 'Authorization: Bearer <token>'",
+                "Send 'Authorization: Bearer <token>', or sign in for a session cookie",
                 {"WWW-Authenticate": REALM},
             )
         else:
-            request[IDENTITY_KEY] = request.app[VERIFIED_TOKENS].verify(token, settings.jwt_secret)
+            request[IDENTITY_KEY] = request.app[VERIFIED_TOKENS].verify(
+                credentials.token, settings.jwt_secret
+            )
+            if credentials.by_cookie and request.method not in SAFE_METHODS:
+                check_origin(request)
     return await handler(request)
 
 

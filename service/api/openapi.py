@@ -330,6 +330,13 @@ def _schemas() -> dict[str, Schema]:
         "MapControlsResult": map_controls_result,
         "Job": job,
         "Dispatched": dispatched,
+        "Session": _object(
+            {
+                "userId": {"type": "string"},
+                "role": {"type": "string", "enum": ["authenticated", "service_role"]},
+                "expiresAt": {"type": ["string", "null"], "format": "date-time"},
+            }
+        ),
     }
 
 
@@ -350,6 +357,18 @@ def _components() -> dict[str, Any]:
                 "in": "query",
                 "name": "access_token",
                 "description": "The same JWT, for EventSource clients, which cannot send headers",
+            },
+            "sessionCookie": {
+                "type": "apiKey",
+                "in": "cookie",
+                "name": "aijobs_token",
+                "description": "The same JWT in a browser session's cookie: the one named by "
+                "AIJOBS_AUTH_COOKIE (`aijobs_token` by default, set by POST /api/session) holding "
+                "the raw token, or the session cookie of @supabase/ssr, `sb-<ref>-auth-token` "
+                "(possibly split into `.0`, `.1`, ...). The Authorization header wins over a "
+                "cookie. A POST or DELETE authenticated by a cookie must carry an Origin (else "
+                "Referer) that is the API's own origin or one of AIJOBS_CORS_ORIGINS, or it is "
+                "refused with 403 `cross_site_request`.",
             },
         },
         "headers": {
@@ -417,7 +436,11 @@ def _components() -> dict[str, Any]:
                 error,
                 {"WWW-Authenticate": _header("WWWAuthenticate")},
             ),
-            "Forbidden": _response("The token's role may not use this API", error),
+            "Forbidden": _response(
+                "The token's role may not use this API, or a request authenticated by a cookie "
+                "came from another origin (`cross_site_request`)",
+                error,
+            ),
             "NotFound": _response("No such entity or job", error),
             "Conflict": _response("It exists already", error),
             "PayloadTooLarge": _response(
@@ -758,7 +781,7 @@ def _paths() -> dict[str, Any]:
                 "summary": "Follow a job as server-sent events",
                 "description": "Errors are answered as JSON before the stream starts.",
                 "tags": ["jobs"],
-                "security": [{"bearerAuth": []}, {"accessTokenQuery": []}],
+                "security": [{"bearerAuth": []}, {"accessTokenQuery": []}, {"sessionCookie": []}],
                 "parameters": [
                     job_id,
                     {
@@ -813,6 +836,35 @@ def _paths() -> dict[str, Any]:
                     **_errors(400, 404),
                 },
             }
+        },
+        "/api/session": {
+            "post": {
+                "operationId": "signIn",
+                "summary": "Keep a token in the browser's session cookie",
+                "description": "Verifies the token as every request's is verified, and answers "
+                "with `Set-Cookie` (HttpOnly, SameSite=Lax, until the token expires) of the "
+                "cookie named by AIJOBS_AUTH_COOKIE. The Origin (else Referer) must be the API's "
+                "own origin or one of AIJOBS_CORS_ORIGINS.",
+                "tags": ["session"],
+                "security": public,
+                "requestBody": _body(_object({"accessToken": _text(16_384)})),
+                "responses": {
+                    "200": _response("Signed in", _ref("Session")),
+                    **_errors(400, 413),
+                },
+            },
+            "delete": {
+                "operationId": "signOut",
+                "summary": "Remove the session cookie",
+                "description": "The Origin (else Referer) must be the API's own origin or one of "
+                "AIJOBS_CORS_ORIGINS.",
+                "tags": ["session"],
+                "security": public,
+                "responses": {
+                    "204": {"description": "Signed out"},
+                    "403": _answer("Forbidden"),
+                },
+            },
         },
         PATH: {
             "get": {
@@ -886,10 +938,13 @@ def build_document() -> dict[str, Any]:
             "description": "Slow AI work behind a web application: dispatch an analysis, get a "
             "job id at once, follow the job by polling or server-sent events. JSON bodies with "
             'camelCase keys; every error is `{"error": {"code", "message"}}` with a 4xx status '
-            "for anything the client did wrong, 503 while the database is unreachable.",
+            "for anything the client did wrong, 503 while the database is unreachable. Web "
+            "apps on the origins listed in AIJOBS_CORS_ORIGINS may call it from a browser: "
+            "CORS preflights (OPTIONS) are answered 204 without credentials, and answers expose "
+            "ETag, Location and Retry-After; other origins get no CORS headers.",
         },
         "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
-        "security": [{"bearerAuth": []}],
+        "security": [{"bearerAuth": []}, {"sessionCookie": []}],
         "tags": [
             {"name": name}
             for name in (
@@ -899,6 +954,7 @@ def build_document() -> dict[str, Any]:
                 "mappings",
                 "dispatch",
                 "jobs",
+                "session",
                 "meta",
                 "operations",
             )

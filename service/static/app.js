@@ -1,6 +1,7 @@
 // The jobs page: recent jobs followed live, dispatch of each analysis, and finished results.
-// Plain browser JavaScript, no build step. Every request goes through api() and every event
-// stream URL through streamUrl(), the two places where the access token is added.
+// Plain browser JavaScript, no build step. The page keeps no token: signing in hands it to the
+// API once (POST /api/session), which keeps it in an HttpOnly session cookie that the browser
+// sends with every request and event stream from then on. No token is ever in a URL.
 "use strict";
 
 (() => {
@@ -21,55 +22,40 @@
 
   // -- requests, and the one place that adds credentials -----------------------------------
 
-  const TOKEN_KEY = "aijobs.accessToken";
-  let memoryToken = null; // where the token is kept when the browser refuses sessionStorage
+  let signedIn = false; // this page signed in, so a 401 means the session ran out
 
-  /** A link or a sign-in redirect may hand over a token in the fragment, never sent to servers. */
-  function takeTokenFromUrl() {
+  /** A sign-in redirect may hand over a token in the fragment, which is never sent to servers:
+   * it is exchanged for the session cookie at once and removed from the address bar. */
+  async function takeTokenFromUrl() {
     const params = new URLSearchParams(window.location.hash.slice(1));
     const token = params.get("access_token");
     if (!token) return;
-    storeToken(token);
     window.history.replaceState(null, "", window.location.pathname + window.location.search);
+    await signIn(token);
   }
 
-  function storeToken(token) {
-    try {
-      window.sessionStorage.setItem(TOKEN_KEY, token);
-    } catch (_) {
-      memoryToken = token;
-    }
+  /** Hands the token to the API, which answers with the session cookie; true if accepted. */
+  async function signIn(token) {
+    const response = await fetch("/api/session", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ accessToken: token }),
+      cache: "no-store",
+      credentials: "same-origin",
+    });
+    signedIn = response.ok;
+    return response.ok;
   }
 
-  /** The bearer token of the signed-in user, or null when the API runs without tokens. */
-  function authToken() {
-    try {
-      return window.sessionStorage.getItem(TOKEN_KEY) || memoryToken;
-    } catch (_) {
-      return memoryToken;
-    }
-  }
-
-  /** fetch() for the API: JSON in, and the Authorization header when there is a token. */
+  /** fetch() for the API, JSON in; the browser adds the session cookie. */
   async function api(path, options = {}) {
     const headers = new Headers(options.headers || {});
     headers.set("Accept", "application/json");
-    const token = authToken();
-    if (token) headers.set("Authorization", `Bearer ${token}`);
     const response = await fetch(path, {
       ...options, headers, cache: "no-store", credentials: "same-origin",
     });
-    if (response.status === 401) askForToken(Boolean(token));
+    if (response.status === 401) askForToken(signedIn);
     return response;
-  }
-
-  /** The URL of a job's event stream; EventSource cannot send headers, so a token goes in it. */
-  function streamUrl(path) {
-    const token = authToken();
-    if (!token) return path;
-    const url = new URL(path, window.location.href);
-    url.searchParams.set("access_token", token);
-    return url.pathname + url.search;
   }
 
   function askForToken(rejected) {
@@ -347,7 +333,7 @@
   }
 
   function streamFollower(id) {
-    const source = new EventSource(streamUrl(`/api/ai-jobs/${encodeURIComponent(id)}/events`));
+    const source = new EventSource(`/api/ai-jobs/${encodeURIComponent(id)}/events`);
     let errors = 0;
     source.addEventListener("job", (event) => {
       errors = 0;
@@ -766,13 +752,16 @@
 
   // -- start -------------------------------------------------------------------------------
 
-  function start() {
-    takeTokenFromUrl();
-    $("#sign-in-form").addEventListener("submit", (event) => {
+  async function start() {
+    $("#sign-in-form").addEventListener("submit", async (event) => {
       event.preventDefault();
       const input = $("#token");
-      storeToken(input.value.trim());
+      const accepted = await signIn(input.value.trim());
       input.value = "";
+      if (!accepted) {
+        askForToken(true);
+        return;
+      }
       $("#sign-in").hidden = true;
       loadEntities();
       loadJobs();
@@ -794,6 +783,7 @@
       if (document.visibilityState === "visible") loadJobs();
     }, LIST_REFRESH_MS);
     showConnection();
+    await takeTokenFromUrl();
     loadEntities();
     loadJobs();
   }
