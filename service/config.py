@@ -169,7 +169,7 @@ def _prices(env: Mapping[str, str], name: str) -> dict[str, dict[str, float]]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of aijobs, with its default. See the README's configuration table."""
+    """Every setting of aijobs, with its default. See docs/configuration.md."""
 
     # Postgres. None: start the embedded server under `data_dir`.
     database_url: str | None = None

@@ -387,15 +387,16 @@ async def test_stats_and_jobs_commands(dsn: str, pool: asyncpg.Pool) -> None:
     assert "it broke" in out and "ai-coverage" in out and "ai-match" not in out
 
 
-async def test_readme_psql_section_runs_as_written(dsn: str, entities: EntityStore) -> None:
+async def test_operations_psql_block_runs_as_written(dsn: str, entities: EntityStore) -> None:
     import re
     from pathlib import Path
 
     from service.sample import load_sample
 
     await load_sample(entities)
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()  # noqa: ASYNC240
-    section = readme[readme.index("## Operating it with psql") :]
+    page = Path(__file__).resolve().parent.parent / "docs" / "operations.md"  # noqa: ASYNC240
+    text = page.read_text()
+    section = text[text.index("# Operating it with psql") :]
     sql = re.search(r"```sql\n(.*?)```", section, re.S)
     assert sql is not None
     code, _, err = await psql(dsn, sql.group(1))
