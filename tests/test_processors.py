@@ -183,6 +183,76 @@ async def test_invalid_output_twice_fails_and_leaves_the_entity_untouched(
     assert row is not None and row["ai_match_score"] is None and row["ai_matched_at"] is None
 
 
+def assert_corrected_once_then_failed(job: Any, fake: FakeAnthropic) -> None:
+    assert job.status == "failed", job.result
+    assert job.error_message is not None and "invalid output" in job.error_message
+    assert job.attempts == 1
+    assert len(fake.requests) == 2
+    # The one corrective retry told the model what was wrong.
+    assert fake.requests[1].body["messages"][-1]["content"][0]["is_error"] is True
+
+
+async def test_ai_match_answer_without_its_lists_or_with_wrong_types_fails(
+    client: Client, worker: Any, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    mapping = await make_mapping(entities)
+    fake.enqueue(
+        Reply(tool_input={"score": 72, "rationale": "MFA"}),  # no recommendations
+        Reply(tool_input={"score": "72", "rationale": "MFA", "recommendations": "Log"}),
+    )
+    job = await wait_for_job(
+        jobs, await dispatch(client, f"/api/gap-analysis/ai-match/{mapping['id']}")
+    )
+    assert_corrected_once_then_failed(job, fake)
+    row = await entities.get_mapping(mapping["id"])
+    assert row is not None and row["ai_match_score"] is None and row["ai_matched_at"] is None
+
+
+async def test_ai_coverage_answer_without_its_lists_or_with_wrong_types_fails(
+    client: Client, worker: Any, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    mapping = await make_mapping(entities)
+    fake.enqueue(
+        Reply(tool_input={"coverage_score": 64, "summary": "Mostly"}),  # no gaps, no documents
+        Reply(
+            tool_input={
+                "coverage_score": 64,
+                "summary": "Mostly",
+                "gaps": [],
+                "documents": [{"document_id": str(mapping["document_id"]), "score": 70}],
+            }
+        ),
+    )
+    path = f"/api/requirements/{mapping['requirement_id']}/ai-coverage"
+    job = await wait_for_job(jobs, await dispatch(client, path))
+    assert_corrected_once_then_failed(job, fake)
+    requirement = await entities.get_requirement(mapping["requirement_id"])
+    assert requirement is not None
+    assert requirement["coverage_score"] is None and requirement["coverage_gaps"] is None
+
+
+async def test_ai_map_controls_answer_without_its_list_fails_and_keeps_the_mappings(
+    client: Client, worker: Any, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    doc = await entities.create_document("Policy", "Access reviews happen quarterly.")
+    controls = await seed_controls(entities, 3)
+    first = {"control_id": controls[0]["id"], "confidence": 80, "rationale": "reviews"}
+    fake.enqueue(Reply(tool_input={"mapped_controls": [first]}))
+    path = f"/api/documents/{doc['id']}/ai-map-controls"
+    done = await wait_for_job(jobs, await dispatch(client, path))
+    assert done.status == "completed", done.error_message
+    before = await entities.document_controls(doc["id"])
+    assert [r["control_id"] for r in before] == [controls[0]["id"]]
+    fake.reset()
+    fake.enqueue(
+        Reply(tool_input={"controls": []}),  # only a field the schema does not have
+        Reply(tool_input={"mapped_controls": "none"}),
+    )
+    job = await wait_for_job(jobs, await dispatch(client, path))
+    assert_corrected_once_then_failed(job, fake)
+    assert await entities.document_controls(doc["id"]) == before
+
+
 async def test_invalid_output_once_is_corrected(
     client: Client, worker: Any, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
 ) -> None:

@@ -1,6 +1,9 @@
 """The structured answers we ask the model for, validated before anything is written.
 
-Each model is also the input schema of the tool the model is forced to call.
+Each model is also the input schema of the tool the model is forced to call. Every field an
+answer needs is required, lists included (an empty list is the explicit "none"), and types are
+checked strictly: an answer that leaves a field out or sends "72" for 72 is invalid, gets the
+one corrective retry, and then fails the job, rather than be read as "nothing found".
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Answer(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class MatchAssessment(_Answer):
@@ -18,7 +21,8 @@ class MatchAssessment(_Answer):
     score: int = Field(ge=0, le=100, description="0 = not addressed at all, 100 = fully satisfied")
     rationale: str = Field(min_length=1, description="Why this score, citing the document")
     recommendations: list[str] = Field(
-        default_factory=list, max_length=20, description="Concrete changes that would close gaps"
+        max_length=20,
+        description="Concrete changes that would close gaps; an empty list if there are none",
     )
 
 
@@ -32,8 +36,12 @@ class CoverageAssessment(_Answer):
 
     coverage_score: int = Field(ge=0, le=100, description="Overall coverage of the requirement")
     summary: str = Field(min_length=1, description="Two or three sentences on the coverage")
-    gaps: list[str] = Field(default_factory=list, max_length=30, description="What is missing")
-    documents: list[DocumentScore] = Field(default_factory=list, max_length=200)
+    gaps: list[str] = Field(
+        max_length=30, description="What is missing; an empty list if nothing is"
+    )
+    documents: list[DocumentScore] = Field(
+        max_length=200, description="A score for each document given in the prompt"
+    )
 
 
 class ControlMatch(_Answer):
@@ -46,7 +54,7 @@ class ControlMappingBatch(_Answer):
     """The controls of one batch that the document implements."""
 
     mapped_controls: list[ControlMatch] = Field(
-        default_factory=list,
         max_length=200,
-        description="Only controls the document implements; leave others out",
+        description="Only controls the document implements; leave others out; an empty list "
+        "if it implements none of them",
     )
