@@ -189,7 +189,7 @@ async def _serve_worker_ops(
     if settings.worker_http_port is None:
         return None
     app = web.Application()
-    app.add_routes(ops_routes(lambda: pool, worker.metrics))
+    app.add_routes(ops_routes(lambda: pool, worker.metrics, lambda: worker.duties))
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.worker_http_port)

@@ -102,7 +102,9 @@ class Dispatcher:
         self._pool = pool
         self._max_attempts = max_attempts
         self._per_minute = per_minute
-        self._groups: Grouped[_Request, Dispatched] = Grouped(self._write, max_group)
+        self._groups: Grouped[_Request, Dispatched] = Grouped(
+            self._write, max_group, name="dispatch_writer"
+        )
 
     async def dispatch(
         self,

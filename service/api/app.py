@@ -27,6 +27,7 @@ from service.api.state import (
 from service.config import Settings
 from service.db.pool import create_pool
 from service.entities.store import EntityStore
+from service.jobs.duties import Duty
 from service.jobs.events import EventHub, EventPruner, EventStore
 from service.jobs.grouped import Grouped
 from service.jobs.store import JobStore
@@ -49,6 +50,8 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
     app[METRICS] = metrics
     app[OPEN_STREAMS] = Counter()
     app[VERIFIED_TOKENS] = VerifiedTokens()
+    # The background duties of the API process, for /readyz.
+    duties: list[Duty] = []
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         owned = pool is None
@@ -65,7 +68,7 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
             if owned:
                 await the_pool.close()
             raise
-        app[JOB_READS] = Grouped(app[JOBS].read_many)
+        app[JOB_READS] = Grouped(app[JOBS].read_many, name="job_reads")
         app[DISPATCHER] = Dispatcher(
             the_pool, settings.max_attempts_for, settings.dispatch_per_minute
         )
@@ -88,7 +91,9 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
         )
         await hub.start()
         await pruner.start()
+        duties[:] = [hub.listener.duty, hub.duty, pruner.duty, app[JOB_READS].duty]
         yield
+        duties.clear()
         await pruner.stop()
         await hub.stop()
 
@@ -107,5 +112,5 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
     app.add_routes(session.routes)
     app.add_routes(openapi.routes)
     app.add_routes(page.routes)
-    app.add_routes(ops_routes(lambda: app[POOL], metrics))
+    app.add_routes(ops_routes(lambda: app[POOL], metrics, lambda: duties))
     return app

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 from aiohttp import web
 
 from service.api.render import json_response
+from service.db.errors import DATABASE_UNAVAILABLE
 from service.logs import get_logger
 
 log = get_logger(__name__)
@@ -58,16 +58,6 @@ def error_response(
     return json_response({"error": {"code": code, "message": message}}, status, headers)
 
 
-_DB_UNAVAILABLE = (
-    OSError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InterfaceError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-)
-
-
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -86,7 +76,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = "The request body is too large"
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(exc.status, _HTTP_CODES.get(exc.status, "error"), message, headers)
-    except _DB_UNAVAILABLE as exc:
+    except DATABASE_UNAVAILABLE as exc:
         log.warning("database_unavailable", path=request.path, error=str(exc))
         return error_response(
             503,

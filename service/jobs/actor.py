@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
+from service.db.errors import DATABASE_UNAVAILABLE
 from service.jobs.completer import Completer
 from service.jobs.context import JobContext
+from service.jobs.duties import Backoff
 from service.jobs.model import Job, PermanentFailure, RetryLater
 from service.jobs.registry import Registry
 from service.jobs.store import JobStore, LeaseLost
@@ -19,6 +22,12 @@ from service.logs import get_logger
 from service.metrics import Metrics
 
 log = get_logger(__name__)
+T = TypeVar("T")
+
+# An outcome that could not be written is written again this often at most while the
+# database is away: once it is back, a worker's jobs are settled within about this long.
+SETTLE_RETRY_MAX_S = 1.0
+RELEASED_MESSAGE = "The database connection was lost; queued to run again"
 
 _RETRY_LABELS = {
     "rate_limited": "Rate limited",
@@ -64,14 +73,24 @@ async def run_actor(
     stop_reasons: dict[object, str],
     metrics: Metrics,
     processed: Callable[[], None] = lambda: None,
+    released: Callable[[], None] = lambda: None,
 ) -> None:
     """Run `job` and write its outcome. Never raises, except CancelledError.
 
     `processed` is called once the processor has returned or raised, before the outcome is
     written: from then on the actor only waits for the database, and its slot can go to the
     next job.
+
+    The database away is never the job's fault. When its processor meets that (in its own
+    reads, its progress, its checkpoints), the job is handed back to pending without counting
+    the attempt, to run again from its checkpoint, and `released` is called. An outcome the
+    database could not take is written again, every second at most, until it does; the
+    heartbeat keeps the lease meanwhile, and the writes are fenced by it, so that none lands
+    twice or on a job that is no longer ours.
     """
-    outcome = await _run(job, store, completer, registry, retry_policy, stop_reasons, processed)
+    outcome = await _run(
+        job, store, completer, registry, retry_policy, stop_reasons, processed, released
+    )
     kind = job.job_type
     metrics.job_duration.labels(kind).observe(time.monotonic() - outcome.started)
     counter = {
@@ -97,6 +116,7 @@ async def _run(
     retry_policy: RetryPolicy,
     stop_reasons: dict[object, str],
     processed: Callable[[], None],
+    released: Callable[[], None],
 ) -> _Outcome:
     # The actor is a task of its own: what it binds lives in its copy of the context and
     # goes with it.
@@ -122,7 +142,12 @@ async def _run(
             ) from None
         finally:
             processed()
-        await completer.complete(job, completion.result, completion.message, completion.apply)
+        await _settle(
+            lambda: completer.complete(
+                job, completion.result, completion.message, completion.apply
+            ),
+            job_log,
+        )
         job_log.info("job_completed", duration_s=round(time.monotonic() - started, 3))
         outcome.name = "completed"
     except RetryLater as exc:
@@ -143,6 +168,17 @@ async def _run(
         else:
             job_log.warning("job_stopped", reason=reason)
         raise
+    except DATABASE_UNAVAILABLE as exc:
+        # Raised by the processor: what it did since its last checkpoint is lost with the
+        # connection, and the job runs again.
+        job_log.warning("job_interrupted", reason="database unavailable", error=_describe(exc))
+        try:
+            await _settle(lambda: store.release(job, RELEASED_MESSAGE), job_log)
+            job_log.info("job_released")
+            outcome.name = "released"
+            released()
+        except LeaseLost:
+            job_log.warning("job_lease_lost")
     except Exception as exc:
         job_log.exception("job_crashed")
         await _fail(
@@ -176,7 +212,7 @@ async def _retry_or_fail(
         f"{label}; retrying in {delay:.0f} s (attempt {job.attempts + 1} of {job.max_attempts})"
     )
     try:
-        await store.retry(job, delay, message, exc.reason)
+        await _settle(lambda: store.retry(job, delay, message, exc.reason), job_log)
         job_log.warning("job_retry_scheduled", reason=exc.reason, delay_s=round(delay, 3))
     except LeaseLost:
         job_log.warning("job_lease_lost")
@@ -190,9 +226,36 @@ async def _fail(
     job: Job, store: JobStore, reason: str, job_log: structlog.typing.FilteringBoundLogger
 ) -> None:
     try:
-        await store.fail(job, reason)
+        await _settle(lambda: store.fail(job, reason), job_log)
         job_log.warning("job_failed", reason=reason)
     except LeaseLost:
         job_log.warning("job_lease_lost")
     except Exception as err:
         job_log.warning("job_outcome_not_recorded", error=str(err))
+
+
+async def _settle(
+    write: Callable[[], Awaitable[T]], job_log: structlog.typing.FilteringBoundLogger
+) -> T:
+    """`write()`, again and again while the database is unavailable, until it answers."""
+    backoff = Backoff(0.05, SETTLE_RETRY_MAX_S)
+    waited_since: float | None = None
+    while True:
+        try:
+            result = await write()
+        except DATABASE_UNAVAILABLE as exc:
+            if waited_since is None:
+                waited_since = time.monotonic()
+                job_log.warning("job_outcome_waits_for_database", error=_describe(exc))
+            await asyncio.sleep(backoff.next())
+            continue
+        if waited_since is not None:
+            job_log.info(
+                "job_outcome_written_after_wait",
+                waited_s=round(time.monotonic() - waited_since, 3),
+            )
+        return result
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from service.jobs.duties import Duty
 from service.jobs.grouped import Grouped
 from service.jobs.model import ApplyEffect, Job
 from service.jobs.store import JobStore, LeaseLost
@@ -30,7 +31,7 @@ class Completer:
 
     def __init__(self, store: JobStore, max_group: int = MAX_GROUP) -> None:
         self._store = store
-        self._groups: Grouped[_Done, None] = Grouped(self._write, max_group)
+        self._groups: Grouped[_Done, None] = Grouped(self._write, max_group, name="completer")
 
     async def complete(
         self, job: Job, result: object, message: str, apply: ApplyEffect | None
@@ -39,6 +40,10 @@ class Completer:
             await self._store.complete(job, result, message, apply)
         else:
             await self._groups.submit((job, result, message))
+
+    @property
+    def duty(self) -> Duty:
+        return self._groups.duty
 
     async def idle(self) -> None:
         """Returns when no group is being written."""

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from service.db.queries import Queries
+from service.jobs.duties import Backoff, Duty
 from service.jobs.listener import Listener
 from service.jobs.model import FINISHED, Job
 from service.jobs.periodic import Periodic
@@ -31,8 +32,6 @@ log = get_logger(__name__)
 Q = Queries("service.jobs", "events.sql")
 
 EVENTS_CHANNEL = "ai_job_events"
-
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,8 +309,11 @@ class EventHub:
             [EVENTS_CHANNEL],
             self._on_notify,
             on_connect=self._on_connect,
+            pool=store.pool,
+            name="event_listener",
             max_backoff_s=max_backoff_s,
         )
+        self.duty = Duty("event_hub", poll_interval_s)
         self._poll_interval_s = poll_interval_s
         self._buffer_size = max(buffer_size, 1)
         self._max_backoff_s = max_backoff_s
@@ -444,7 +446,9 @@ class EventHub:
         self._wake.set()
 
     async def _pump(self) -> None:
-        backoff = 0.1
+        # Followers wait on this loop alone: it must outlive any failure.
+        backoff = Backoff(0.1, self._max_backoff_s)
+        self.duty.ran()
         while True:
             try:
                 async with asyncio.timeout(self._poll_interval_s):
@@ -466,36 +470,37 @@ class EventHub:
                     job_ids.append(job_id)
                     after.append(min(seqs))
             self._dirty.clear()
-            if not job_ids:
-                continue
             try:
-                pages = await self.store.events_after(job_ids, after, self._buffer_size)
+                if job_ids:
+                    pages = await self.store.events_after(job_ids, after, self._buffer_size)
+                    self._deliver(job_ids, after, pages)
             except Exception as exc:
-                # Followers wait on this loop alone: it must outlive any failure.
-                if isinstance(exc, _DB_ERRORS):
-                    log.warning("event_hub_read_failed", error=str(exc), retry_in_s=backoff)
-                else:
-                    log.exception("event_hub_read_crashed", retry_in_s=backoff)
+                wait = backoff.next()
+                self.duty.failed(exc, retry_in_s=round(wait, 3))
                 self._dirty.update(job_ids)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
+                await asyncio.sleep(wait)
                 self._wake.set()
                 continue
-            backoff = 0.1
-            for job_id, since in zip(job_ids, after, strict=True):
-                page = pages.get(job_id)
-                if page is None:
+            self.duty.ran()
+            backoff.reset()
+
+    def _deliver(
+        self, job_ids: list[uuid.UUID], after: list[int], pages: Mapping[uuid.UUID, Page]
+    ) -> None:
+        for job_id, since in zip(job_ids, after, strict=True):
+            page = pages.get(job_id)
+            if page is None:
+                continue
+            for sub in list(self._subscribers.get(job_id, ())):
+                # Only a subscriber the read started at or before may take from it:
+                # one further behind would see a gap.
+                if sub.last_seq < since:
                     continue
-                for sub in list(self._subscribers.get(job_id, ())):
-                    # Only a subscriber the read started at or before may take from it:
-                    # one further behind would see a gap.
-                    if sub.last_seq < since:
-                        continue
-                    for event in page.events:
-                        sub.offer(event)
-                if not page.complete:
-                    self._dirty.add(job_id)
-                    self._wake.set()
+                for event in page.events:
+                    sub.offer(event)
+            if not page.complete:
+                self._dirty.add(job_id)
+                self._wake.set()
 
 
 class EventPruner(Periodic):

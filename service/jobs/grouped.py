@@ -8,6 +8,8 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
+from service.jobs.duties import Duty
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -25,18 +27,24 @@ class Grouped(Generic[T, R]):
     """
 
     def __init__(
-        self, run: Callable[[list[T]], Awaitable[list[R | Exception]]], max_group: int = 500
+        self,
+        run: Callable[[list[T]], Awaitable[list[R | Exception]]],
+        max_group: int = 500,
+        name: str = "grouped_writer",
     ) -> None:
         self._run = run
         self._max_group = max_group
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._running: asyncio.Task[None] | None = None
+        # Overdue when a group has waited past several of these for a statement to finish.
+        self.duty = Duty(name, GROUP_INTERVAL_S, idle=lambda: self._running is None)
 
     async def submit(self, item: T) -> R:
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, answer))
         if self._running is None:
-            self._running = asyncio.create_task(self._run_groups())
+            self.duty.woke()
+            self._running = asyncio.create_task(self._run_groups(), name=self.duty.name)
         return await answer
 
     async def idle(self) -> None:
@@ -50,7 +58,15 @@ class Grouped(Generic[T, R]):
             while self._waiting:
                 group = self._waiting[: self._max_group]
                 del self._waiting[: self._max_group]
-                await self._run_group(group)
+                try:
+                    await self._run_group(group)
+                except Exception as exc:
+                    # A fault of ours in answering: each waiter still gets an answer, and
+                    # the next group goes on.
+                    self.duty.failed(exc)
+                    for _, answer in group:
+                        if not answer.done():
+                            answer.set_exception(exc)
         finally:
             self._running = None
 
@@ -70,8 +86,14 @@ class Grouped(Generic[T, R]):
                     await self._run_group([one])
                 return
             # The database is away, or the statement as such failed: every item's answer,
-            # at once.
+            # at once. A value the database refused is its item's fault, not the writer's.
+            if _may_be_one_items_fault(exc):
+                self.duty.ran()
+            else:
+                self.duty.failed(exc)
             results = [exc] * len(group)
+        else:
+            self.duty.ran()
         for (_, answer), result in zip(group, results, strict=True):
             if answer.done():  # its request was cancelled meanwhile
                 continue
@@ -80,6 +102,8 @@ class Grouped(Generic[T, R]):
             else:
                 answer.set_result(result)
 
+
+GROUP_INTERVAL_S = 10.0
 
 # SQLSTATE classes of errors that one row's values can cause: data exceptions, integrity
 # constraint violations, and transaction rollbacks (a deadlock, a serialization failure).

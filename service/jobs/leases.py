@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-import asyncpg
-
+from service.db.errors import DATABASE_UNAVAILABLE
 from service.jobs.periodic import Periodic
 from service.jobs.store import JobStore, WorkerInfo
 from service.logs import get_logger
@@ -63,7 +62,7 @@ class Registration(Periodic):
     async def start(self) -> None:
         try:
             await self._store.register_worker(self._info)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             log.warning("worker_registration_failed", error=str(exc))
         await super().start()
 
@@ -71,7 +70,7 @@ class Registration(Periodic):
         await super().stop()
         try:
             await self._store.deregister_worker(self._info.id)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DATABASE_UNAVAILABLE as exc:
             log.warning("worker_deregistration_failed", error=str(exc))
 
     async def tick(self) -> None:

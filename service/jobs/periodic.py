@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import asyncpg
-
-from service.logs import get_logger
-
-log = get_logger(__name__)
+from service.jobs.duties import Backoff, Duty
 
 
 class Periodic:
@@ -17,6 +13,7 @@ class Periodic:
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
+        self.duty = Duty(self.name, interval_s)
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -25,6 +22,7 @@ class Periodic:
 
     async def start(self) -> None:
         self._stop.clear()
+        self.duty.ran()
         self._task = asyncio.create_task(self._loop(), name=self.name)
 
     async def stop(self) -> None:
@@ -35,15 +33,21 @@ class Periodic:
             self._task = None
 
     async def _loop(self) -> None:
+        # After a failure the next try comes sooner than the interval: a database that is
+        # back should see the duty done within a second or two, not a whole interval later.
+        backoff = Backoff(0.2, self.interval_s)
+        wait = self.interval_s
         while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.interval_s)
+                await asyncio.wait_for(self._stop.wait(), timeout=wait)
             if self._stop.is_set():
                 return
             try:
                 await self.tick()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                # The database is away; the next tick tries again.
-                log.warning(f"{self.name}_failed", error=str(exc))
-            except Exception:
-                log.exception(f"{self.name}_crashed")
+            except Exception as exc:
+                wait = backoff.next()
+                self.duty.failed(exc, retry_in_s=round(wait, 3))
+                continue
+            self.duty.ran()
+            backoff.reset()
+            wait = self.interval_s

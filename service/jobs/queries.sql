@@ -148,12 +148,13 @@ WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
 RETURNING *;
 
 -- name: release_job
--- Hand a job back untouched (graceful shutdown): the attempt is not counted. run_after is
--- left as it was, so the job is first in line again rather than behind the backlog.
+-- Hand a job back untouched (a graceful shutdown, the database away while it ran): the
+-- attempt is not counted, and its checkpoint stays. run_after is left as it was, so the job
+-- is first in line again rather than behind the backlog. $4: the progress message.
 UPDATE ai_jobs
 SET status = 'pending',
     attempts = attempts - 1,
-    progress_message = 'Worker stopped; queued to run again',
+    progress_message = $4,
     locked_by = NULL,
     locked_until = NULL
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
@@ -242,3 +243,10 @@ SELECT set_config('role', 'authenticated', true), set_config('request.jwt.claims
 -- the tag and status when the tag is among the comma-separated ones in $3. See
 -- ai_jobs_read_many in sql/.
 SELECT * FROM ai_jobs_read_many($1, $2, $3);
+
+-- -- listeners ---------------------------------------------------------------------------
+
+-- name: notify
+-- A listener's round trip: sent through the pool, as real notifications are, so that it
+-- proves what they need (see jobs/listener.py).
+SELECT pg_notify($1, $2);

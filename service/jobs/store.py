@@ -12,6 +12,7 @@ import orjson
 
 from service.db.pool import Connection
 from service.db.queries import Queries
+from service.jobs.duties import Duty
 from service.jobs.grouped import Grouped
 from service.jobs.model import FINISHED, ApplyEffect, Job
 
@@ -98,7 +99,9 @@ class JobStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         # Progress of many running jobs, written together (see `progress`).
-        self._progress: Grouped[_Progress, None] = Grouped(self._write_progress)
+        self._progress: Grouped[_Progress, None] = Grouped(
+            self._write_progress, name="progress_writer"
+        )
 
     @contextlib.asynccontextmanager
     async def reader(self, claims: Mapping[str, object] | None) -> AsyncIterator[JobReader]:
@@ -224,6 +227,10 @@ class JobStore:
         """
         await self._progress.submit((job, message, current, total))
 
+    @property
+    def progress_duty(self) -> Duty:
+        return self._progress.duty
+
     async def idle(self) -> None:
         """Returns when no progress group is being written."""
         await self._progress.idle()
@@ -311,8 +318,9 @@ class JobStore:
             raise LeaseLost(str(job.id))
         return Job.from_record(row)
 
-    async def release(self, job: Job) -> None:
-        await self.pool.execute(Q.release_job, job.id, job.locked_by, job.attempts)
+    async def release(self, job: Job, message: str = "Worker stopped; queued to run again") -> None:
+        """Hand the job back to pending without counting the attempt; its checkpoint stays."""
+        await self.pool.execute(Q.release_job, job.id, job.locked_by, job.attempts, message)
 
     async def extend_leases(
         self, worker_id: str, running: Sequence[tuple[uuid.UUID, int]], lease_s: float

@@ -10,10 +10,9 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 
-import asyncpg
-
 from service.jobs.actor import RetryPolicy, StopReason, run_actor
 from service.jobs.completer import Completer
+from service.jobs.duties import Backoff, Duty
 from service.jobs.leases import Heartbeat, Reaper, Registration
 from service.jobs.listener import Listener
 from service.jobs.model import Job
@@ -40,6 +39,8 @@ class WorkerOptions:
     retention_s: float | None = None
     prune_interval_s: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # How often the LISTEN connection proves itself with a round trip.
+    listener_check_s: float = 10.0
 
 
 def new_worker_id() -> str:
@@ -93,7 +94,10 @@ class Worker:
             [NEW_JOBS_CHANNEL, CANCEL_CHANNEL],
             self._on_notify,
             on_connect=self._on_listener_connect,
+            pool=store.pool,
+            health_interval_s=options.listener_check_s,
         )
+        self._dispatch_duty = Duty("dispatcher", options.poll_interval_s)
         self._heartbeat = Heartbeat(
             store,
             self.worker_id,
@@ -123,6 +127,18 @@ class Worker:
     @property
     def running_jobs(self) -> list[uuid.UUID]:
         return list(self._actors)
+
+    @property
+    def duties(self) -> list[Duty]:
+        """Every background duty of the worker, for /readyz."""
+        periodic = [self._registration, self._heartbeat, self._reaper, self._pruner]
+        return [
+            self._dispatch_duty,
+            self.listener.duty,
+            *(p.duty for p in periodic if p is not None),
+            self._completer.duty,
+            self._store.progress_duty,
+        ]
 
     def wake(self) -> None:
         self._maybe_more = True
@@ -200,25 +216,34 @@ class Worker:
     # -- the claim loop -----------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
-        backoff = 0.1
+        self._dispatch_duty.ran()
+        backoff = Backoff(0.1, self.options.poll_interval_s)
         while not self._stopping.is_set():
-            free = self._free_slots()
-            self._wakeup.clear()
-            if free > 0:
-                try:
-                    jobs = await self._store.claim(free, self.worker_id, self.options.lease_s)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("claim_failed", error=str(exc), retry_in_s=backoff)
-                    await self._wait(backoff)
-                    backoff = min(backoff * 2, self.options.poll_interval_s)
-                    continue
-                backoff = 0.1
-                for job in jobs:
-                    self._spawn(job)
-                self._maybe_more = len(jobs) == free
-                if self._maybe_more:
-                    continue
-            await self._wait(self.options.poll_interval_s)
+            try:
+                more = await self._claim_once()
+            except Exception as exc:
+                # Whatever it is (the database away, a connection the driver left in a state
+                # it cannot leave, a fault of ours), the claim loop lives on and tries again.
+                wait = backoff.next()
+                self._dispatch_duty.failed(exc, retry_in_s=round(wait, 3))
+                await self._wait(wait)
+                continue
+            self._dispatch_duty.ran()
+            backoff.reset()
+            if not more:
+                await self._wait(self.options.poll_interval_s)
+
+    async def _claim_once(self) -> bool:
+        """Claim into the free slots; True when more work may be waiting at once."""
+        free = self._free_slots()
+        self._wakeup.clear()
+        if free <= 0:
+            return False
+        jobs = await self._store.claim(free, self.worker_id, self.options.lease_s)
+        for job in jobs:
+            self._spawn(job)
+        self._maybe_more = len(jobs) == free
+        return self._maybe_more
 
     def _free_slots(self) -> int:
         concurrency = self.options.concurrency
@@ -249,6 +274,7 @@ class Worker:
                 self._stop_reasons,
                 self.metrics,
                 functools.partial(self._on_processed, (job.id, job.attempts)),
+                released=self.wake,
             ),
             name=f"actor:{job.id}",
         )
