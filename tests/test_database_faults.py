@@ -15,13 +15,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.api.app import create_app
 from service.config import Settings
 from service.db.errors import DATABASE_UNAVAILABLE
+from service.db.pool import create_pool
 from service.entities.store import EntityStore
 from service.jobs.model import Job
 from service.jobs.store import JobStore
-from service.runtime import running_worker
+from service.runtime import create_worker_pool, running_worker
 from tests.conftest import auth_headers, make_settings, wait_for_job, wait_until
 from tests.fake_anthropic import FakeAnthropic
 from tests.pg import with_database
+from tests.pgbouncer import PgBouncer
 from tests.test_api_entities import error_of
 from tests.test_api_jobs import make_mapping
 
@@ -203,3 +205,44 @@ async def test_a_listener_that_hears_proves_it_at_start(
         await wait_until(proven, within=10)
         assert worker.listener.hears
         assert all(d.problem is None for d in worker.duties)
+
+
+async def test_listening_through_a_transaction_pooler_is_found_out(
+    dsn: str, pgbouncer: PgBouncer, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    """No AIJOBS_DIRECT_URL: LISTEN goes through PgBouncer in transaction mode, where it
+    never hears a notification. Worker and API say so in /readyz; jobs run on the poll."""
+    mapping = await make_mapping(entities)
+    pooled = pgbouncer.via(dsn)
+    settings = make_settings(pooled, fake.url, pooler="on", worker_http_port=0)
+    worker_pool = await create_worker_pool(settings, pooled)
+    api_pool = await create_pool(pooled, 1, 4, pooled=True)
+    try:
+        async with (
+            running_worker(settings, pooled, worker_pool) as worker,
+            TestClient(TestServer(create_app(settings, pooled, api_pool))) as api,
+        ):
+            assert worker.http_port is not None
+            port = worker.http_port
+
+            async def worker_says_so() -> dict[str, Any] | None:
+                status, body = await readyz(port)
+                return body if status == 503 else None
+
+            body = await wait_until(worker_says_so, within=20, interval=0.2)
+            assert body["duties"][0].startswith("listener: a NOTIFY sent through the pool")
+            assert "AIJOBS_DIRECT_URL" in body["reason"]
+
+            async def api_says_so() -> dict[str, Any] | None:
+                response = await api.get("/readyz")
+                answer: dict[str, Any] = await response.json()
+                return answer if response.status == 503 else None
+
+            body = await wait_until(api_says_so, within=20, interval=0.2)
+            assert body["duties"][0].startswith("event_listener: a NOTIFY sent")
+
+            job = await jobs.enqueue("ai-match", mapping["id"])
+            assert (await wait_for_job(jobs, job.id)).status == "completed"
+    finally:
+        await worker_pool.close()
+        await api_pool.close()

@@ -152,7 +152,8 @@ class Listener:
             if self._lost.is_set() or self._conn.is_closed():
                 log.warning(f"{self.duty.name}_connection_lost")
                 return
-            await asyncio.wait_for(self._conn.fetchval("SELECT 1"), timeout=5)
+            # A simple query: no statement kept on a connection a pooler may swap under us.
+            await asyncio.wait_for(self._conn.execute("SELECT 1"), timeout=5)
             await self._round_trip()
             self.duty.ran()
 
