@@ -21,6 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from service.logs import get_logger
 
@@ -145,7 +146,8 @@ class EmbeddedPostgres:
             log.warning("embedded_postgres_orphan_stopped", pid=pid)
             self._stop_pid(pid)
         self._initdb(user)
-        self.port = _free_port()
+        # Started again after a stop: on the same port, where its clients look for it.
+        self.port = self.port or _free_port()
         logfile = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115
         try:
             self.process = subprocess.Popen(
@@ -178,12 +180,13 @@ class EmbeddedPostgres:
         self._owner_file.write_text(str(os.getpid()))
         log.info("embedded_postgres_started", pid=self.process.pid, port=self.port)
 
-    def stop(self) -> None:
-        """Fast shutdown of a server we started; a joined server is left to its owner."""
+    def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
+        """Shut down a server we started (a joined server is left to its owner): "fast", as
+        `pg_ctl stop -m fast` does, or "immediate", a crash that recovery undoes on start."""
         if self.process is None:
             return
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGINT if mode == "fast" else signal.SIGQUIT)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:

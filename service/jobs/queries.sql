@@ -159,6 +159,24 @@ SET status = 'pending',
     locked_until = NULL
 WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3;
 
+-- name: release_orphans
+-- Jobs the database says worker $1 runs but it does not: a claim or an outcome that a crash
+-- undid (a commit acknowledged before it was flushed, as the worker's asynchronous commits
+-- are, is lost with the crash). Handed back at once, the attempt not counted, instead of
+-- waiting for their leases to run out. $2, $3: the (job id, attempt)s the worker does run.
+UPDATE ai_jobs AS j
+SET status = 'pending',
+    attempts = j.attempts - 1,
+    progress_message = $4,
+    locked_by = NULL,
+    locked_until = NULL
+WHERE j.status = 'processing' AND j.locked_by = $1
+  AND NOT EXISTS (
+    SELECT 1 FROM unnest($2::uuid[], $3::int[]) AS m (id, attempts)
+    WHERE m.id = j.id AND m.attempts = j.attempts
+  )
+RETURNING j.id;
+
 -- name: extend_leases
 -- Fenced by the attempt too: a job reaped and claimed again is another actor's lease.
 -- Rows are locked in id order, as complete_without_effect locks them: two statements of one

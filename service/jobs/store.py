@@ -322,6 +322,20 @@ class JobStore:
         """Hand the job back to pending without counting the attempt; its checkpoint stays."""
         await self.pool.execute(Q.release_job, job.id, job.locked_by, job.attempts, message)
 
+    async def release_orphans(
+        self, worker_id: str, running: Sequence[tuple[uuid.UUID, int]], message: str
+    ) -> list[uuid.UUID]:
+        """Hand back the jobs locked by `worker_id` other than its running (job id, attempt)s,
+        without counting the attempt; returns their ids."""
+        rows = await self.pool.fetch(
+            Q.release_orphans,
+            worker_id,
+            [job_id for job_id, _ in running],
+            [attempt for _, attempt in running],
+            message,
+        )
+        return [r["id"] for r in rows]
+
     async def extend_leases(
         self, worker_id: str, running: Sequence[tuple[uuid.UUID, int]], lease_s: float
     ) -> set[uuid.UUID]:

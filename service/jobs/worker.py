@@ -26,6 +26,7 @@ log = get_logger(__name__)
 
 NEW_JOBS_CHANNEL = "ai_jobs_new"
 CANCEL_CHANNEL = "ai_jobs_cancel"
+ORPHAN_MESSAGE = "The database restarted; queued to run again"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ class Worker:
             health_interval_s=options.listener_check_s,
         )
         self._dispatch_duty = Duty("dispatcher", options.poll_interval_s)
+        # Set when the database may have been away: the next claim first hands back what the
+        # database says this worker holds and it does not run (see JobStore.release_orphans).
+        self._reconcile = False
         self._heartbeat = Heartbeat(
             store,
             self.worker_id,
@@ -198,7 +202,9 @@ class Worker:
         self.wake()
 
     def _on_listener_connect(self) -> None:
-        # Notifications sent while we were away are lost: catch up from the table.
+        # Notifications sent while we were away are lost: catch up from the table. The
+        # database may have restarted meanwhile, and lost what we wrote last.
+        self._reconcile = True
         self.wake()
 
     def _on_lease_lost(self, job_id: uuid.UUID) -> None:
@@ -224,6 +230,7 @@ class Worker:
             except Exception as exc:
                 # Whatever it is (the database away, a connection the driver left in a state
                 # it cannot leave, a fault of ours), the claim loop lives on and tries again.
+                self._reconcile = True
                 wait = backoff.next()
                 self._dispatch_duty.failed(exc, retry_in_s=round(wait, 3))
                 await self._wait(wait)
@@ -235,6 +242,14 @@ class Worker:
 
     async def _claim_once(self) -> bool:
         """Claim into the free slots; True when more work may be waiting at once."""
+        if self._reconcile:
+            # Only this loop claims, so the running jobs are all the jobs this worker holds.
+            orphans = await self._store.release_orphans(
+                self.worker_id, list(self._attempts.items()), ORPHAN_MESSAGE
+            )
+            self._reconcile = False
+            if orphans:
+                log.warning("jobs_released_after_outage", count=len(orphans))
         free = self._free_slots()
         self._wakeup.clear()
         if free <= 0:
