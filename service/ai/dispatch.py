@@ -20,6 +20,7 @@ import asyncpg
 
 from service.ai.processors import coverage, map_controls, match
 from service.db.queries import Queries
+from service.jobs.duties import Duty
 from service.jobs.grouped import Grouped
 
 JOB_TYPES = (match.JOB_TYPE, coverage.JOB_TYPE, map_controls.JOB_TYPE)
@@ -105,6 +106,11 @@ class Dispatcher:
         self._groups: Grouped[_Request, Dispatched] = Grouped(
             self._write, max_group, name="dispatch_writer"
         )
+
+    @property
+    def duty(self) -> Duty:
+        """The grouped writer's health, for /readyz."""
+        return self._groups.duty
 
     async def dispatch(
         self,

@@ -91,7 +91,13 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
         )
         await hub.start()
         await pruner.start()
-        duties[:] = [hub.listener.duty, hub.duty, pruner.duty, app[JOB_READS].duty]
+        duties[:] = [
+            hub.listener.duty,
+            hub.duty,
+            pruner.duty,
+            app[JOB_READS].duty,
+            app[DISPATCHER].duty,
+        ]
         yield
         duties.clear()
         await pruner.stop()
