@@ -242,6 +242,13 @@ class Settings:
     prune_interval_s: float = 600.0
     retry_base_s: float = 2.0
     retry_max_s: float = 300.0
+    # A job sent back by Claude's 429 or 529, or held by the shared rate limit budget, waits
+    # without using an attempt; it fails once such waits add up to this.
+    max_wait_s: float = 3600.0
+    # Claim round robin between users (created_by); off: oldest first, whoever the user.
+    fair_share: bool = True
+    # At most this many of one user's jobs run at once across the fleet; None: no cap.
+    user_concurrency: int | None = None
     map_controls_batch_size: int = 25
 
     # HTTP API.
@@ -260,6 +267,9 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     max_document_body_bytes: int = 2 * 1024 * 1024
     dispatch_per_minute: int = 60
+    # A user whose model calls cost this much (USD) since 00:00 UTC gets 429 on dispatch until
+    # the next 00:00 UTC; ai_user_budgets overrides it per user. None: no budget.
+    user_daily_budget_usd: float | None = None
     sse_streams_per_user: int = 20
     sse_heartbeat_s: float = 15.0
     event_retention_s: float = 7 * 24 * 3600.0
@@ -390,6 +400,9 @@ class Settings:
             prune_interval_s=_float(e, "AIJOBS_PRUNE_INTERVAL", defaults.prune_interval_s, 1.0),
             retry_base_s=_float(e, "AIJOBS_RETRY_BASE", defaults.retry_base_s),
             retry_max_s=_float(e, "AIJOBS_RETRY_MAX", defaults.retry_max_s),
+            max_wait_s=_float(e, "AIJOBS_MAX_WAIT", defaults.max_wait_s, 1.0),
+            fair_share=_switch(e, "AIJOBS_FAIR_SHARE", defaults.fair_share),
+            user_concurrency=_optional_int(e, "AIJOBS_USER_CONCURRENCY", 1),
             map_controls_batch_size=_int(
                 e, "AIJOBS_MAP_CONTROLS_BATCH_SIZE", defaults.map_controls_batch_size, 1
             ),
@@ -404,6 +417,7 @@ class Settings:
             dispatch_per_minute=_int(
                 e, "AIJOBS_DISPATCH_PER_MINUTE", defaults.dispatch_per_minute, 0
             ),
+            user_daily_budget_usd=_optional_float(e, "AIJOBS_USER_DAILY_BUDGET_USD", 0.0),
             sse_streams_per_user=_int(
                 e, "AIJOBS_SSE_STREAMS_PER_USER", defaults.sse_streams_per_user, 0
             ),

@@ -47,6 +47,13 @@ class Metrics:
         self.jobs_retried = Counter(
             "aijobs_jobs_retried", "Attempts that ended in a retry", ["job_type"], registry=r
         )
+        self.jobs_snoozed = Counter(
+            "aijobs_jobs_snoozed",
+            "Attempts sent back to wait for a rate limit or an overloaded provider, at no "
+            "attempt's cost",
+            ["job_type"],
+            registry=r,
+        )
         self.job_duration = Histogram(
             "aijobs_job_duration_seconds",
             "Run time of one attempt, claim to outcome",

@@ -131,7 +131,9 @@ def worker_options(settings: Settings, concurrency: int | None = None) -> Worker
         shutdown_grace_s=settings.shutdown_grace_s,
         retention_s=settings.retention_s,
         prune_interval_s=settings.prune_interval_s,
-        retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s),
+        retry=RetryPolicy(settings.retry_base_s, settings.retry_max_s, settings.max_wait_s),
+        fair_share=settings.fair_share,
+        user_concurrency=settings.user_concurrency,
     )
 
 

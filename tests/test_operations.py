@@ -297,7 +297,7 @@ async def test_worker_metrics_and_health(
         assert sample(after, "aijobs_anthropic_tokens_total", '{kind="input"}') > 0
         assert sample(after, "aijobs_anthropic_tokens_total", '{kind="output"}') > 0
         assert sample(after, "aijobs_anthropic_errors_total", '{status="529"}') == 1
-        assert sample(after, "aijobs_jobs_retried_total", '{job_type="ai-coverage"}') == 1
+        assert sample(after, "aijobs_jobs_snoozed_total", '{job_type="ai-coverage"}') == 1
         assert "aijobs_listener_reconnects_total 0.0" in after
         assert await scrape(worker.http_port, "/healthz") == (200, '{"status":"ok"}')
         assert await scrape(worker.http_port, "/readyz") == (200, '{"status":"ready"}')

@@ -106,7 +106,8 @@ async def test_attempts_run_out(
     client: Any, worker: Any, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
 ) -> None:
     mapping = await make_mapping(entities)
-    fake.default = Error(529)
+    # A 500 counts attempts; a 429 or 529 would snooze the job instead (tests/test_fairness.py).
+    fake.default = Error(500)
     response = await client.post(f"/api/gap-analysis/ai-match/{mapping['id']}")
     job = await wait_for_job(jobs, (await response.json())["jobId"])
     assert (job.status, job.attempts) == ("failed", 3)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 import asyncpg
 
@@ -62,6 +63,15 @@ class IdempotencyKeyReused(ValueError):
     """The Idempotency-Key named a job of another type or entity."""
 
 
+class DailyBudgetSpent(Exception):
+    """The user's model calls cost their daily budget since 00:00 UTC; new jobs wait for the
+    next 00:00 UTC, in `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class RateLimited(Exception):
     """The user made `limit` jobs in the last minute already."""
 
@@ -87,11 +97,18 @@ class _Request:
     created_by: str | None
     max_attempts: int
     idempotency_key: str | None
+    priority: int
+
+
+# Priorities a dispatch may ask for; higher is claimed first.
+PRIORITIES = range(-10, 11)
 
 
 class Dispatcher:
     """Records dispatches, grouped per process. `per_minute`: new jobs a user may make in a
-    minute (0: no limit), counted in Postgres so the limit holds across processes."""
+    minute (0: no limit), counted in Postgres so the limit holds across processes.
+    `daily_budget_usd`: what a user's model calls may cost from 00:00 UTC before their
+    dispatches are refused (None: no budget; a user's row in ai_user_budgets overrides it)."""
 
     def __init__(
         self,
@@ -99,10 +116,13 @@ class Dispatcher:
         max_attempts: Callable[[str], int],
         per_minute: int = 0,
         max_group: int = MAX_GROUP,
+        *,
+        daily_budget_usd: float | None = None,
     ) -> None:
         self._pool = pool
         self._max_attempts = max_attempts
         self._per_minute = per_minute
+        self._daily_budget = daily_budget_usd
         self._groups: Grouped[_Request, Dispatched] = Grouped(
             self._write, max_group, name="dispatch_writer"
         )
@@ -118,15 +138,27 @@ class Dispatcher:
         entity_id: int,
         created_by: str | None = None,
         idempotency_key: str | None = None,
+        priority: int = 0,
     ) -> Dispatched:
-        """The job for this analysis: a new one, or the live (or same-key) one already there.
+        """The job for this analysis: a new one, or the live (or same-key) one already there
+        (whose priority stays as it was).
 
-        Raises RateLimited, EntityMissing, NotAnalysable or IdempotencyKeyReused.
+        Raises RateLimited, DailyBudgetSpent, EntityMissing, NotAnalysable or
+        IdempotencyKeyReused.
         """
         if job_type not in JOB_TYPES:
             raise ValueError(f"unknown job type {job_type!r}")
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be from -10 to 10, got {priority}")
         return await self._groups.submit(
-            _Request(job_type, entity_id, created_by, self._max_attempts(job_type), idempotency_key)
+            _Request(
+                job_type,
+                entity_id,
+                created_by,
+                self._max_attempts(job_type),
+                idempotency_key,
+                priority,
+            )
         )
 
     async def _write(self, group: list[_Request]) -> list[Dispatched | Exception]:
@@ -157,6 +189,8 @@ class Dispatcher:
                     [r.idempotency_key for r in group],
                     self._per_minute,
                     RATE_WINDOW_S,
+                    [r.priority for r in group],
+                    None if self._daily_budget is None else Decimal(str(self._daily_budget)),
                 )
                 return rows
             except _AGAIN:
@@ -175,6 +209,11 @@ class Dispatcher:
             return Dispatched(row["job_id"], row["status"], outcome == "created")
         if outcome == "rate_limited":
             return RateLimited(self._per_minute, row["retry_after_s"])
+        if outcome == "budget_exhausted":
+            return DailyBudgetSpent(
+                f"{row['message']}; new jobs are accepted again from 00:00 UTC",
+                row["retry_after_s"],
+            )
         if outcome == "missing":
             return EntityMissing(row["message"])
         return NotAnalysable(row["message"])

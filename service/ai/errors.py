@@ -2,7 +2,8 @@
 
 Who retries: the job does. The SDK client is built with max_retries=0, so a transient error
 ends the attempt at once and the job returns to pending with backoff (or the server's
-retry-after); retries never multiply and a waiting job holds no worker slot.
+retry-after); retries never multiply and a waiting job holds no worker slot. A 429 or 529
+snoozes the job: the wait costs no attempt (see RetryLater).
 """
 
 from __future__ import annotations
@@ -36,10 +37,15 @@ def translate(exc: anthropic.AnthropicError) -> JobError:
         retry_after = _retry_after(exc.response)
         if status == 429:
             return RetryLater(
-                "Claude's rate limit was reached", delay=retry_after, kind="rate_limited"
+                "Claude's rate limit was reached",
+                delay=retry_after,
+                kind="rate_limited",
+                snooze=True,
             )
         if status == 529:
-            return RetryLater("Claude is overloaded", delay=retry_after, kind="overloaded")
+            return RetryLater(
+                "Claude is overloaded", delay=retry_after, kind="overloaded", snooze=True
+            )
         if status in (408, 409) or status >= 500:
             return RetryLater(
                 f"The Anthropic API answered {status}", delay=retry_after, kind="transient"

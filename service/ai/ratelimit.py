@@ -70,7 +70,13 @@ T = TypeVar("T")
 
 class BudgetExhausted(RetryLater):
     """The budget will not have room for this call before the longest wait allowed: the job
-    goes back to the queue until then, rather than hold a worker slot."""
+    goes back to the queue until then, rather than hold a worker slot. A snooze: the wait
+    costs the job no attempt."""
+
+    def __init__(
+        self, reason: str, delay: float | None = None, *, kind: str = "rate_limited"
+    ) -> None:
+        super().__init__(reason, delay, kind=kind, snooze=True)
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,10 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
             raise
         app[JOB_READS] = Grouped(app[JOBS].read_many, name="job_reads")
         app[DISPATCHER] = Dispatcher(
-            the_pool, settings.max_attempts_for, settings.dispatch_per_minute
+            the_pool,
+            settings.max_attempts_for,
+            settings.dispatch_per_minute,
+            daily_budget_usd=settings.user_daily_budget_usd,
         )
         yield
         if owned:

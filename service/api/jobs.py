@@ -8,6 +8,7 @@ from aiohttp import web
 
 from service.ai.dispatch import (
     JOB_TYPES,
+    DailyBudgetSpent,
     EntityMissing,
     IdempotencyKeyReused,
     NotAnalysable,
@@ -45,13 +46,22 @@ async def visible_job(request: web.Request, job_id: uuid.UUID) -> Job:
 async def _dispatch(request: web.Request, job_type: str, what: str) -> web.Response:
     entity_id = parse.path_id(request, what=what)
     key = parse.idempotency_key(request)
+    priority = await parse.dispatch_priority(request)
     try:
         job = await request.app[DISPATCHER].dispatch(
-            job_type, entity_id, created_by=identity_of(request).user_id, idempotency_key=key
+            job_type,
+            entity_id,
+            created_by=identity_of(request).user_id,
+            idempotency_key=key,
+            priority=priority,
         )
     except RateLimited as exc:
         raise ApiError(
             429, "too_many_requests", str(exc), {"Retry-After": str(exc.retry_after_s)}
+        ) from None
+    except DailyBudgetSpent as exc:
+        raise ApiError(
+            429, "budget_exhausted", str(exc), {"Retry-After": str(exc.retry_after_s)}
         ) from None
     except EntityMissing as exc:
         raise not_found(str(exc)) from None

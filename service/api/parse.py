@@ -105,6 +105,35 @@ def id_field(data: dict[str, Any], name: str) -> int:
     return value
 
 
+PRIORITY_RANGE = (-10, 10)
+
+
+async def dispatch_priority(request: web.Request) -> int:
+    """The priority a dispatch asks for in its optional body `{"priority": N}`; 0 without."""
+    body = await read_body(request, request.app[SETTINGS].max_body_bytes)
+    if not body.strip():
+        return 0
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request(
+            'The request body must be a JSON object, such as {"priority": 5}', "invalid_body"
+        )
+    value = data.get("priority")
+    if value is None:
+        return 0
+    lo, hi = PRIORITY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise bad_request(
+            f"'priority' must be an integer from {lo} to {hi} (higher runs first), "
+            f"got {orjson.dumps(value).decode()}",
+            "invalid_priority",
+        )
+    return value
+
+
 def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:

@@ -25,7 +25,7 @@ def json_response(
 
 # The version of job_json's output, part of every job's ETag: change it when a job's JSON
 # changes shape, so that a client holding a rendering of the former code gets the new one.
-JOB_JSON_VERSION = "1"
+JOB_JSON_VERSION = "2"
 _TAG_PREFIX = f"j{JOB_JSON_VERSION}."
 # A job's tag in the database: the row version's transaction id and updated_at.
 _DB_TAG = re.compile(r"[0-9]+-[0-9]+")
@@ -71,6 +71,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "errorMessage": job.error_message,
         "attempts": job.attempts,
         "maxAttempts": job.max_attempts,
+        "priority": job.priority,
         "runAfter": job.run_after,
         "startedAt": job.started_at,
         "finishedAt": job.finished_at,

@@ -40,6 +40,8 @@ _RETRY_LABELS = {
 class RetryPolicy:
     base_s: float = 2.0
     max_s: float = 300.0
+    # A job snoozed by rate limits (RetryLater.snooze) fails once its waits add up to this.
+    max_wait_s: float = 3600.0
 
     def delay(self, attempt: int, requested: float | None) -> float:
         """Seconds to wait before the next attempt.
@@ -97,6 +99,7 @@ async def run_actor(
         "completed": metrics.jobs_completed,
         "failed": metrics.jobs_failed,
         "retried": metrics.jobs_retried,
+        "snoozed": metrics.jobs_snoozed,
     }.get(outcome.name)
     if counter is not None:
         counter.labels(kind).inc()
@@ -198,6 +201,8 @@ async def _retry_or_fail(
     exc: RetryLater,
     job_log: structlog.typing.FilteringBoundLogger,
 ) -> str:
+    if exc.snooze:
+        return await _snooze(job, store, policy, exc, job_log)
     if job.attempts >= job.max_attempts:
         await _fail(
             job,
@@ -220,6 +225,39 @@ async def _retry_or_fail(
         # The lease runs out and the reaper returns the job; nothing is lost.
         job_log.warning("job_outcome_not_recorded", error=str(err))
     return "retried"
+
+
+async def _snooze(
+    job: Job,
+    store: JobStore,
+    policy: RetryPolicy,
+    exc: RetryLater,
+    job_log: structlog.typing.FilteringBoundLogger,
+) -> str:
+    """A job refused for now by a rate limit or an overloaded provider waits without using an
+    attempt, until its waits add up to `policy.max_wait_s`."""
+    waited = job.rate_limit_wait_s
+    if waited >= policy.max_wait_s:
+        await _fail(
+            job,
+            store,
+            f"{exc.reason} (gave up after waiting {waited:.0f} s in all for the rate limit or "
+            f"capacity to allow it; AIJOBS_MAX_WAIT is {policy.max_wait_s:.0f} s)",
+            job_log,
+        )
+        return "failed"
+    delay = min(policy.delay(job.attempts, exc.delay), policy.max_wait_s - waited)
+    label = _RETRY_LABELS.get(exc.kind, "Temporary failure")
+    message = f"{label}; waiting {delay:.0f} s (a wait costs no attempt)"
+    try:
+        await store.snooze(job, delay, message, exc.reason)
+        job_log.info("job_snoozed", reason=exc.reason, delay_s=round(delay, 3))
+    except LeaseLost:
+        job_log.warning("job_lease_lost")
+    except Exception as err:
+        # The lease runs out and the reaper returns the job; nothing is lost.
+        job_log.warning("job_outcome_not_recorded", error=str(err))
+    return "snoozed"
 
 
 async def _fail(

@@ -39,13 +39,18 @@ class Job:
     updated_at: datetime
     # What the processor saved of its progress (JobContext.checkpoint); None: nothing yet.
     checkpoint: Any = None
+    # Higher is claimed first (-10..10).
+    priority: int = 0
+    # Seconds the job waited, sent back by a rate limit or an overloaded provider (`snooze`).
+    rate_limit_wait_s: float = 0.0
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any] | asyncpg.Record) -> Job:
         # A record built by hand may leave out the fields that have defaults.
         values: dict[str, Any] = {
-            name: record.get(name) if name in _OPTIONAL_FIELDS else record[name]
+            name: record[name]
             for name in cls.__slots__
+            if name not in _OPTIONAL_FIELDS or record.get(name) is not None
         }
         return cls(**values)
 
@@ -54,7 +59,7 @@ class Job:
         return self.status in FINISHED
 
 
-_OPTIONAL_FIELDS = frozenset({"checkpoint"})
+_OPTIONAL_FIELDS = frozenset({"checkpoint", "priority", "rate_limit_wait_s"})
 
 ApplyEffect = Callable[[Connection], Awaitable[None]]
 
@@ -81,12 +86,25 @@ class JobError(Exception):
 
 
 class RetryLater(JobError):
-    """A transient failure: run the job again after `delay` seconds (None: backoff)."""
+    """A transient failure: run the job again after `delay` seconds (None: backoff).
 
-    def __init__(self, reason: str, delay: float | None = None, *, kind: str = "transient") -> None:
+    `snooze`: the job was refused for now by a limit outside it (a rate limit, a provider
+    over capacity), not failed. The wait costs no attempt; the job fails only once such waits
+    add up to RetryPolicy.max_wait_s.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        delay: float | None = None,
+        *,
+        kind: str = "transient",
+        snooze: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.delay = delay
         self.kind = kind
+        self.snooze = snooze
 
 
 class PermanentFailure(JobError):

@@ -34,11 +34,80 @@ ORDER BY created_at DESC, id DESC
 LIMIT $5;
 
 -- name: claim_jobs
--- Claim up to $1 due jobs, oldest first, in one statement; commit at once.
+-- Claim up to $1 due jobs in one statement, fair between owners (created_by); commit at once.
+-- Highest priority first; then, among owners, the job whose turn comes first: an owner's
+-- k-th job in line (in its own order: priority, run_after, a recovered job first) has turn
+-- (its owner's running jobs + k), so an owner with nothing running goes before one with
+-- twenty, whatever the size of their backlogs; then the oldest. $4 > 0 caps one owner's
+-- running jobs across the fleet.
+-- Each owner offers at most 2 x $1 jobs: enough for this claim even when a concurrent claim
+-- holds (SKIP LOCKED) as many of them as it takes. The owners are found one index probe each.
+WITH RECURSIVE owners AS (
+  (SELECT coalesce(created_by, '') AS owner FROM ai_jobs
+   WHERE status = 'pending'
+   ORDER BY 1
+   LIMIT 1)
+  UNION ALL
+  SELECT (SELECT coalesce(j.created_by, '') FROM ai_jobs AS j
+          WHERE j.status = 'pending' AND coalesce(j.created_by, '') > o.owner
+          ORDER BY 1
+          LIMIT 1)
+  FROM owners AS o
+  WHERE o.owner IS NOT NULL
+), running AS MATERIALIZED (
+  SELECT o.owner,
+         (SELECT count(*) FROM ai_jobs AS j
+          WHERE j.status = 'processing' AND coalesce(j.created_by, '') = o.owner) AS n
+  FROM owners AS o
+  WHERE o.owner IS NOT NULL
+), offered AS (
+  SELECT c.id, c.priority, c.run_after, c.attempts,
+         r.n + row_number() OVER (
+           PARTITION BY r.owner ORDER BY c.priority DESC, c.run_after, c.attempts DESC
+         ) AS turn
+  FROM running AS r
+  CROSS JOIN LATERAL (
+    SELECT j.id, j.priority, j.run_after, j.attempts FROM ai_jobs AS j
+    WHERE j.status = 'pending' AND coalesce(j.created_by, '') = r.owner
+      AND j.run_after <= now()
+    ORDER BY j.priority DESC, j.run_after, j.attempts DESC
+    LIMIT CASE WHEN $4::int > 0 THEN greatest(least(2 * $1, $4::int - r.n), 0) ELSE 2 * $1 END
+  ) AS c
+), due AS (
+  -- The offered jobs in claim order, each locked by its primary key as the order reaches it,
+  -- until $1 are: one taken by a concurrent claim is skipped.
+  SELECT j.id
+  FROM unnest(ARRAY(
+         SELECT o.id FROM offered AS o
+         ORDER BY o.priority DESC, o.turn, o.run_after, o.attempts DESC
+       )) WITH ORDINALITY AS o (id, n)
+  JOIN ai_jobs AS j ON j.id = o.id
+  WHERE j.status = 'pending' AND j.run_after <= now()
+  ORDER BY o.n
+  LIMIT $1
+  FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE ai_jobs AS j
+SET status = 'processing',
+    attempts = j.attempts + 1,
+    locked_by = $2,
+    locked_until = now() + make_interval(secs => $3),
+    started_at = now(),
+    progress_message = 'Starting...',
+    progress_current = NULL,
+    progress_total = NULL,
+    error_message = NULL
+FROM due
+WHERE j.id = due.id
+RETURNING j.*;
+
+-- name: claim_jobs_in_order
+-- The claim without fair share (AIJOBS_FAIR_SHARE=off): up to $1 due jobs, highest priority
+-- first, then oldest, whoever their owner. No cap per owner either.
 WITH due AS (
   SELECT id FROM ai_jobs
   WHERE status = 'pending' AND run_after <= now()
-  ORDER BY run_after, attempts DESC
+  ORDER BY priority DESC, run_after, attempts DESC
   LIMIT $1
   FOR UPDATE SKIP LOCKED
 )
@@ -140,6 +209,23 @@ RETURNING *;
 UPDATE ai_jobs
 SET status = 'pending',
     run_after = now() + make_interval(secs => $4),
+    progress_message = $5,
+    error_message = $6,
+    locked_by = NULL,
+    locked_until = NULL
+WHERE id = $1 AND status = 'processing' AND locked_by = $2 AND attempts = $3
+RETURNING *;
+
+-- name: snooze_job
+-- Back to pending after a rate limit or an overloaded provider refused the job for now; $4
+-- is the delay in seconds, added to the job's rate_limit_wait_s. The wait costs no attempt:
+-- max_attempts grows by one rather than attempts going down, because every later write of a
+-- job is fenced by its attempt, and an attempt number must never come back.
+UPDATE ai_jobs
+SET status = 'pending',
+    run_after = now() + make_interval(secs => $4),
+    max_attempts = max_attempts + 1,
+    rate_limit_wait_s = rate_limit_wait_s + $4,
     progress_message = $5,
     error_message = $6,
     locked_by = NULL,

@@ -208,8 +208,22 @@ class JobStore:
 
     # -- the worker's side --------------------------------------------------------------
 
-    async def claim(self, limit: int, worker_id: str, lease_s: float) -> list[Job]:
-        rows = await self.pool.fetch(Q.claim_jobs, limit, worker_id, lease_s)
+    async def claim(
+        self,
+        limit: int,
+        worker_id: str,
+        lease_s: float,
+        *,
+        fair_share: bool = True,
+        per_owner: int | None = None,
+    ) -> list[Job]:
+        """Claim up to `limit` due jobs, highest priority first; with `fair_share`, round
+        robin between owners, at most `per_owner` of one owner's jobs running at once (None:
+        no cap); without, oldest first whoever the owner."""
+        if fair_share:
+            rows = await self.pool.fetch(Q.claim_jobs, limit, worker_id, lease_s, per_owner or 0)
+        else:
+            rows = await self.pool.fetch(Q.claim_jobs_in_order, limit, worker_id, lease_s)
         return [Job.from_record(r) for r in rows]
 
     async def progress(
@@ -307,6 +321,23 @@ class JobStore:
     ) -> Job:
         row = await self.pool.fetchrow(
             Q.retry_job,
+            job.id,
+            job.locked_by,
+            job.attempts,
+            delay_s,
+            progress_message,
+            error_message,
+        )
+        if row is None:
+            raise LeaseLost(str(job.id))
+        return Job.from_record(row)
+
+    async def snooze(
+        self, job: Job, delay_s: float, progress_message: str, error_message: str
+    ) -> Job:
+        """Back to pending for `delay_s`, without counting the attempt: see snooze_job."""
+        row = await self.pool.fetchrow(
+            Q.snooze_job,
             job.id,
             job.locked_by,
             job.attempts,

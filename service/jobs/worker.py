@@ -42,6 +42,11 @@ class WorkerOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     # How often the LISTEN connection proves itself with a round trip.
     listener_check_s: float = 10.0
+    # Claim round robin between owners (created_by); off: oldest first, whoever the owner.
+    fair_share: bool = True
+    # At most this many of one owner's jobs run at once across the fleet (fair share only);
+    # None: no cap.
+    user_concurrency: int | None = None
 
 
 def new_worker_id() -> str:
@@ -254,7 +259,13 @@ class Worker:
         self._wakeup.clear()
         if free <= 0:
             return False
-        jobs = await self._store.claim(free, self.worker_id, self.options.lease_s)
+        jobs = await self._store.claim(
+            free,
+            self.worker_id,
+            self.options.lease_s,
+            fair_share=self.options.fair_share,
+            per_owner=self.options.user_concurrency,
+        )
         for job in jobs:
             self._spawn(job)
         self._maybe_more = len(jobs) == free
@@ -300,7 +311,7 @@ class Worker:
 
     def _on_processed(self, slot: tuple[uuid.UUID, int]) -> None:
         self._processing.discard(slot)
-        if self._maybe_more:
+        if self._maybe_more or self.options.user_concurrency is not None:
             self._wakeup.set()
 
     def _on_actor_done(self, job_id: uuid.UUID, attempt: int, task: asyncio.Task[None]) -> None:
@@ -309,5 +320,7 @@ class Worker:
         if self._actors.get(job_id) is task:
             del self._actors[job_id]
             self._attempts.pop(job_id, None)
-        if self._maybe_more:
+        # Under a cap per owner, a claim that came back short may find more once one of an
+        # owner's jobs has finished.
+        if self._maybe_more or self.options.user_concurrency is not None:
             self._wakeup.set()
