@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import http_load, pickup_latency, queues, slow_model, throughput
+from bench import fairness, http_load, pickup_latency, queues, slow_model, throughput
 from bench import profile as profiling
 from bench.common import RESULTS, admin_dsn, spread
 from service.logs import configure_logging
 
-SECTIONS = ("throughput", "pickup", "slow_model", "http", "sse", "profile")
+SECTIONS = ("throughput", "pickup", "slow_model", "fairness", "http", "sse", "profile")
 REFERENCE = "floor"  # for queue figures; "bare" (aiohttp) for HTTP ones
 
 # SSE fan-out lives in bench/sse_fanout.py (written alongside this suite); the runner calls
@@ -119,15 +119,20 @@ class Suite:
 
     async def throughput(self) -> None:
         jobs = throughput.jobs_for(self.scale)
-        # aijobs as it runs by default (its worker commits asynchronously), then aijobs with
-        # the worker's commits synchronous, as PgQueuer's and the floor's are.
-        variants: list[tuple[str, str | None]] = [(s, None) for s in self.systems()]
-        variants.append(("aijobs", "on"))
+        # aijobs as it runs by default (its worker commits asynchronously, its claim is fair
+        # between owners), then aijobs with the worker's commits synchronous, as PgQueuer's
+        # and the floor's are, then aijobs with the claim in plain order (AIJOBS_FAIR_SHARE=off).
+        # A variant: (system, synchronous_commit, fair_share); None: the default.
+        Variant = tuple[str, str | None, str | None]
+        variants: list[Variant] = [(s, None, None) for s in self.systems()]
+        variants.append(("aijobs", "on", None))
+        variants.append(("aijobs", None, "off"))
         for concurrency in (10, 50):
-            per_variant: dict[tuple[str, str | None], list[float]] = {v: [] for v in variants}
+            per_variant: dict[Variant, list[float]] = {v: [] for v in variants}
             # Interleaved, so that a noisy minute of the machine hits every system alike.
             for i in range(self.runs):
-                for system, synchronous_commit in variants:
+                for variant in variants:
+                    system, synchronous_commit, fair_share = variant
                     started = time.monotonic()
                     result = await throughput.measure(
                         self.server_dsn,
@@ -135,35 +140,38 @@ class Suite:
                         jobs,
                         concurrency,
                         synchronous_commit=synchronous_commit,
+                        fair_share=fair_share,
                     )
-                    name = system if synchronous_commit is None else f"{system} (sync commit)"
+                    name = system
+                    if synchronous_commit is not None:
+                        name += " (sync commit)"
+                    if fair_share is not None:
+                        name += f" (fair share {fair_share})"
                     log(
                         f"throughput c={concurrency} {name} run {i + 1}/{self.runs}: "
                         f"{_brief(result)} ({time.monotonic() - started:.0f} s)"
                     )
                     self.raw.setdefault(f"throughput_c{concurrency}", []).append(result)
-                    per_variant[(system, synchronous_commit)].append(result["jobs_per_s"])
+                    per_variant[variant].append(result["jobs_per_s"])
+            others = {s: spread(v, 1) for (s, _, _), v in per_variant.items() if s != "aijobs"}
             row = Row(f"no-op throughput, {jobs:,} jobs, concurrency {concurrency}", "jobs/s")
-            row.values = {
-                system: spread(v, 1)
-                for (system, synchronous_commit), v in per_variant.items()
-                if synchronous_commit is None
-            }
+            row.values = {"aijobs": spread(per_variant[("aijobs", None, None)], 1), **others}
             row.target = "≥ 1.5x PgQueuer"
             ratio = row.ratio("pgqueuer")
             row.met = None if ratio is None else ratio >= 1.5
+            row.note = "fair share on (the default)"
             self.rows.append(row)
-            row = Row(
-                f"no-op throughput, {jobs:,} jobs, concurrency {concurrency}, "
-                "aijobs with AIJOBS_WORKER_SYNCHRONOUS_COMMIT=on",
-                "jobs/s",
-            )
-            row.values = {
-                system: spread(v, 1)
-                for (system, synchronous_commit), v in per_variant.items()
-                if synchronous_commit == "on" or (system != "aijobs" and synchronous_commit is None)
-            }
-            self.rows.append(row)
+            for label, variant in (
+                ("AIJOBS_WORKER_SYNCHRONOUS_COMMIT=on", ("aijobs", "on", None)),
+                ("AIJOBS_FAIR_SHARE=off (the claim in plain order)", ("aijobs", None, "off")),
+            ):
+                row = Row(
+                    f"no-op throughput, {jobs:,} jobs, concurrency {concurrency}, "
+                    f"aijobs with {label}",
+                    "jobs/s",
+                )
+                row.values = {"aijobs": spread(per_variant[variant], 1), **others}
+                self.rows.append(row)
 
     async def pickup(self) -> None:
         preset = pickup_latency.TINY if self.tiny else pickup_latency.FULL
@@ -220,6 +228,41 @@ class Suite:
         row.target = "< 250 MB"
         row.met = float(row.values["aijobs"]["median"]) < 250
         self.rows.append(row)
+
+    async def fairness(self) -> None:
+        preset = fairness.TINY if self.tiny else fairness.FULL
+        p50: dict[bool, list[float]] = {True: [], False: []}
+        p99: dict[bool, list[float]] = {True: [], False: []}
+        for i in range(self.runs):
+            for fair_share in (True, False):
+                result = await fairness.measure(
+                    self.server_dsn,
+                    fair_share,
+                    jobs_a=int(preset["jobs_a"]),
+                    jobs_b=int(preset["jobs_b"]),
+                    delay_s=float(preset["delay_s"]),
+                    concurrency=int(preset["concurrency"]),
+                )
+                state = "on" if fair_share else "off"
+                log(f"fairness {state} run {i + 1}/{self.runs}: {_brief(result)}")
+                self.raw.setdefault("fairness", []).append(result)
+                p50[fair_share].append(result["b_p50_s"])
+                p99[fair_share].append(result["b_p99_s"])
+        delay = float(preset["delay_s"])
+        label = (
+            f"fairness: user B's {preset['jobs_b']} jobs dispatched behind user A's "
+            f"{int(preset['jobs_a']):,} ({delay:g} s model call, concurrency "
+            f"{preset['concurrency']}), start delay"
+        )
+        for fair_share in (True, False):
+            state = "on" if fair_share else "off"
+            for name, values in (("p50", p50[fair_share]), ("p99", p99[fair_share])):
+                row = Row(f"{label} {name}, fair share {state}", "s", higher_is_better=False)
+                row.values = {"aijobs": spread(values, 2)}
+                if fair_share and name == "p99":
+                    row.target = f"≤ 2 model calls ({2 * delay:g} s)"
+                    row.met = float(row.values["aijobs"]["median"]) <= 2 * delay
+                self.rows.append(row)
 
     async def http(self) -> None:
         preset = http_load.TINY if self.tiny else http_load.FULL
@@ -303,6 +346,7 @@ class Suite:
             ("throughput", self.throughput),
             ("pickup", self.pickup),
             ("slow_model", self.slow_model),
+            ("fairness", self.fairness),
             ("http", self.http),
             ("sse", self.sse),
             ("profile", self.profile_section),
@@ -322,6 +366,8 @@ def _brief(result: dict[str, Any]) -> str:
         "worker_peak_rss_mb",
         "rss_kb_per_subscriber",
         "dispatch_ratio",
+        "b_p50_s",
+        "b_p99_s",
     )
     return ", ".join(f"{k}={result[k]}" for k in keys if k in result)
 

@@ -53,6 +53,7 @@ async def measure(
     profile: list[str] | None = None,
     timeout_s: float = 600.0,
     synchronous_commit: str | None = None,
+    fair_share: str | None = None,
 ) -> dict[str, Any]:
     """One drain. `profile`: a profiler command (`py-spy record ... -o FILE`) to attach to the
     worker with `--pid` once it starts consuming, and to stop (SIGINT) when it is drained."""
@@ -68,6 +69,8 @@ async def measure(
             options = (
                 [] if synchronous_commit is None else ["--synchronous-commit", synchronous_commit]
             )
+            if fair_share is not None:
+                options += ["--fair-share", fair_share]
             argv = worker_proc.command(system, dsn, concurrency, jobs, *options)
             child = await Child.start(argv, label=f"throughput-{system}")
             ready = await child.expect("ready", within=60)
@@ -104,6 +107,7 @@ async def measure(
     return {
         "system": system,
         "synchronous_commit": synchronous_commit,
+        "fair_share": fair_share,
         "jobs": jobs,
         "concurrency": concurrency,
         "elapsed_s": round(elapsed, 3),
@@ -123,6 +127,7 @@ def main() -> None:
     parser.add_argument(
         "--synchronous-commit", choices=("on", "off"), help="aijobs' worker synchronous_commit"
     )
+    parser.add_argument("--fair-share", choices=("on", "off"), help="aijobs' AIJOBS_FAIR_SHARE")
     args = parser.parse_args()
     jobs = args.jobs or jobs_for(args.scale)
     result = asyncio.run(
@@ -132,6 +137,7 @@ def main() -> None:
             jobs,
             args.concurrency,
             synchronous_commit=args.synchronous_commit,
+            fair_share=args.fair_share,
         )
     )
     print(json.dumps(result))

@@ -53,7 +53,12 @@ Stop = Callable[[], Awaitable[None]]
 
 
 async def _start_aijobs(
-    dsn: str, concurrency: int, tally: Tally, log_level: str, synchronous_commit: str | None
+    dsn: str,
+    concurrency: int,
+    tally: Tally,
+    log_level: str,
+    synchronous_commit: str | None,
+    fair_share: str | None = None,
 ) -> Stop:
     from service.config import Settings
     from service.jobs.context import JobContext
@@ -67,6 +72,8 @@ async def _start_aijobs(
     settings = Settings(database_url=dsn, log_level=log_level)
     if synchronous_commit is not None:
         settings = dataclasses.replace(settings, worker_synchronous_commit=synchronous_commit)
+    if fair_share is not None:
+        settings = dataclasses.replace(settings, fair_share=fair_share == "on")
     configure_logging(settings.log_level, "json")
     pool = await create_worker_pool(settings, dsn, "aijobs-bench-worker")
 
@@ -152,7 +159,12 @@ async def run(args: argparse.Namespace) -> None:
     stop: Stop
     if args.system == "aijobs":
         stop = await _start_aijobs(
-            args.dsn, args.concurrency, tally, args.log_level, args.synchronous_commit
+            args.dsn,
+            args.concurrency,
+            tally,
+            args.log_level,
+            args.synchronous_commit,
+            args.fair_share,
         )
     elif args.system == "pgqueuer":
         stop = await _start_pgqueuer(args.dsn, args.concurrency, tally, args.batch_size)
@@ -181,6 +193,11 @@ def main() -> None:
         "--synchronous-commit",
         choices=("on", "off"),
         help="aijobs' AIJOBS_WORKER_SYNCHRONOUS_COMMIT (default: its default, off)",
+    )
+    parser.add_argument(
+        "--fair-share",
+        choices=("on", "off"),
+        help="aijobs' AIJOBS_FAIR_SHARE (default: its default, on)",
     )
     parser.add_argument(
         "--loop",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import http_load, pickup_latency, queues, run, slow_model, throughput
+from bench import fairness, http_load, pickup_latency, queues, run, slow_model, throughput
 from bench.profile import summarise
 from tests.pg import DatabaseFactory
 
@@ -49,6 +49,14 @@ async def test_pickup_latency_bench_runs(databases: DatabaseFactory, system: str
     # Across processes a start can be logged a hair before the dispatcher resumes: no sign.
     assert math.isfinite(figures["p50_ms"])
     assert figures["p99_ms"] >= figures["p50_ms"]
+
+
+async def test_fairness_bench_runs(databases: DatabaseFactory) -> None:
+    figures = await fairness.measure(
+        databases.admin_dsn, True, jobs_a=12, jobs_b=2, delay_s=0.05, concurrency=3
+    )
+    assert figures["failed"] == 0
+    assert figures["b_p99_s"] >= figures["b_p50_s"] >= 0
 
 
 async def test_slow_model_bench_runs(databases: DatabaseFactory) -> None:

@@ -175,7 +175,9 @@ async def test_rate_limited_waits_retry_after_and_says_so(
         return body if body["status"] == "pending" and body["attempts"] == 1 else None
 
     pending = await wait_until(waiting, within=5)
-    assert pending["progressMessage"] == "Rate limited; retrying in 2 s (attempt 2 of 3)"
+    # A rate limit's wait costs no attempt (docs/fairness.md).
+    assert pending["progressMessage"] == "Rate limited; waiting 2 s (a wait costs no attempt)"
+    assert pending["maxAttempts"] == 4
     done = await wait_for_job(jobs, job["jobId"])
     assert (done.status, done.attempts) == ("completed", 2)
     assert fake.requests[1].received_at - fake.requests[0].received_at >= 2.0

@@ -21,10 +21,11 @@ from service.api.entities import (
     MAX_DOCUMENT_CHARS,
 )
 from service.api.jobs import STATUSES
-from service.api.parse import MAX_BIGINT
+from service.api.parse import MAX_BIGINT, PRIORITY_RANGE
 from service.api.sse import RETRY_MS
 
 PATH = "/api/openapi.json"
+PRIORITY_MIN, PRIORITY_MAX = PRIORITY_RANGE
 # GET /api/ai-jobs?limit=
 JOBS_LIMIT_DEFAULT = 50
 JOBS_LIMIT_MAX = 500
@@ -288,7 +289,18 @@ def _schemas() -> dict[str, Schema]:
             },
             "errorMessage": _nullable({"type": "string"}),
             "attempts": {"type": "integer", "minimum": 0},
-            "maxAttempts": {"type": "integer", "minimum": 1},
+            "maxAttempts": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Grows by one each time a rate limit or an overloaded model "
+                "sends the job back to wait: such a wait costs no attempt",
+            },
+            "priority": {
+                "type": "integer",
+                "minimum": PRIORITY_MIN,
+                "maximum": PRIORITY_MAX,
+                "description": "Higher is started first",
+            },
             "runAfter": _TIMESTAMP,
             "startedAt": _nullable(_TIMESTAMP),
             "finishedAt": _nullable(_TIMESTAMP),
@@ -308,8 +320,22 @@ def _schemas() -> dict[str, Schema]:
         "The job recorded for the analysis: a new one (`pending`), the one already pending or "
         "running for the same entity, or the one named by the same Idempotency-Key"
     )
+    dispatch_options = _object(
+        {
+            "priority": {
+                "type": "integer",
+                "minimum": PRIORITY_MIN,
+                "maximum": PRIORITY_MAX,
+                "default": 0,
+                "description": "Higher is started first; priority comes before the fair "
+                "share between users. Out of range or not an integer: 400 invalid_priority",
+            }
+        },
+        optional=("priority",),
+    )
     return {
         "Error": error,
+        "DispatchOptions": dispatch_options,
         "RequirementInput": requirement_input,
         "DocumentInput": document_input,
         "ControlInput": control_input,
@@ -579,10 +605,24 @@ def _dispatch(
             {**_param("Id"), "description": f"The {entity}'s id"},
             _param("IdempotencyKey"),
         ],
+        "requestBody": {
+            "required": False,
+            "description": "Optional; no body is priority 0",
+            "content": _json(_ref("DispatchOptions")),
+        },
         "responses": {
             "202": accepted,
             "422": unprocessable,
-            **_errors(400, 404, 429),
+            **_errors(400, 404, 413),
+            "429": _response(
+                "`too_many_requests`: more than AIJOBS_DISPATCH_PER_MINUTE dispatches in a "
+                "minute; `budget_exhausted`: the user's model calls cost their daily budget "
+                "(AIJOBS_USER_DAILY_BUDGET_USD, or their own in ai_user_budgets) since 00:00 "
+                "UTC, and the message says the budget and the spend. Retry-After: seconds "
+                "until a dispatch can be accepted (for a budget, until the next 00:00 UTC)",
+                _ref("Error"),
+                {"Retry-After": _header("RequiredRetryAfter")},
+            ),
         },
     }
 

@@ -121,9 +121,9 @@ async def dispatch_priority(request: web.Request) -> int:
         raise bad_request(
             'The request body must be a JSON object, such as {"priority": 5}', "invalid_body"
         )
-    value = data.get("priority")
-    if value is None:
+    if "priority" not in data:
         return 0
+    value = data["priority"]
     lo, hi = PRIORITY_RANGE
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise bad_request(
