@@ -32,6 +32,14 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
+_DEFAULT = " (default: %(default)s)"
+_ENTITY_OF = {
+    "ai-match": "a gap-analysis mapping's id",
+    "ai-coverage": "a requirement's id",
+    "ai-map-controls": "a document's id",
+}
+
+
 def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aijobs", description="Slow AI work behind a web application."
@@ -41,8 +49,10 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply the migrations in sql/ that are not applied yet")
 
     def http_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--host", default=settings.host, help="address to listen on")
-        p.add_argument("--port", type=int, default=settings.port, help="port to listen on")
+        p.add_argument("--host", default=settings.host, help="address to listen on" + _DEFAULT)
+        p.add_argument(
+            "--port", type=int, default=settings.port, help="port to listen on" + _DEFAULT
+        )
         p.add_argument(
             "--insecure-dev-auth",
             action="store_true",
@@ -52,7 +62,10 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
     def worker_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--concurrency", type=int, default=settings.concurrency, help="jobs run at once"
+            "--concurrency",
+            type=int,
+            default=settings.concurrency,
+            help="jobs run at once" + _DEFAULT,
         )
 
     api = sub.add_parser("api", help="run the HTTP API")
@@ -72,30 +85,64 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     default_url = f"http://{host}:{settings.port}"
 
-    token_help = "bearer token for the API (default: $AIJOBS_TOKEN)"
+    token_help = "bearer token for the API (default: $AIJOBS_TOKEN; make demo prints one)"
     follow = sub.add_parser(
         "watch", help="follow a job's progress until it finishes (exit 0 completed, 1 failed)"
     )
     follow.add_argument("job_id", metavar="JOB_ID")
-    follow.add_argument("--url", default=default_url, help=f"the API (default {default_url})")
+    follow.add_argument("--url", default=default_url, help="the API" + _DEFAULT)
     follow.add_argument("--token", default=os.environ.get("AIJOBS_TOKEN"), help=token_help)
-    dispatch = sub.add_parser("dispatch", help="start an analysis through the API")
-    dispatch.add_argument("job_type", metavar="TYPE", choices=sorted(watch.DISPATCH_PATHS))
-    dispatch.add_argument("entity_id", metavar="ENTITY_ID", type=int)
-    dispatch.add_argument("--url", default=default_url, help=f"the API (default {default_url})")
+    types = "\n".join(f"  {t:<16} ENTITY_ID is {e}" for t, e in _ENTITY_OF.items())
+    dispatch = sub.add_parser(
+        "dispatch",
+        help="start an analysis through the API, print its job id",
+        description=f"Start an analysis through the API and print its job id.\n\nTYPE:\n{types}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    dispatch.add_argument(
+        "job_type",
+        metavar="TYPE",
+        choices=sorted(watch.DISPATCH_PATHS),
+        help="one of " + ", ".join(_ENTITY_OF),
+    )
+    dispatch.add_argument(
+        "entity_id", metavar="ENTITY_ID", type=int, help="the id of the entity to analyse"
+    )
+    dispatch.add_argument("--url", default=default_url, help="the API" + _DEFAULT)
     dispatch.add_argument("--token", default=os.environ.get("AIJOBS_TOKEN"), help=token_help)
     dispatch.add_argument(
         "--watch", action="store_true", help="then follow the job as `aijobs watch` does"
     )
     stats = sub.add_parser("stats", help="the queue overview, live workers, Claude usage")
-    stats.add_argument("--days", type=int, default=7, help="days of usage to show (default 7)")
+    stats.add_argument("--days", type=int, default=7, help="days of usage to show" + _DEFAULT)
     jobs = sub.add_parser("jobs", help="list recent jobs")
     jobs.add_argument(
         "--status", choices=("pending", "processing", "completed", "failed"), help="only these"
     )
     jobs.add_argument("--type", dest="job_type", choices=JOB_TYPES, help="only this job type")
-    jobs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    jobs.add_argument("--limit", type=int, default=20, help="how many" + _DEFAULT)
+    sub.add_parser(
+        "psql",
+        help="psql on the database in use (DATABASE_URL, or the embedded server); "
+        "further arguments go to psql",
+        description="psql on the database aijobs uses: DATABASE_URL, or the embedded server "
+        "under AIJOBS_DATA_DIR (joined if a demo or server runs it, else started until psql "
+        "exits). Further arguments go to psql, e.g. aijobs psql -c 'TABLE ai_jobs_overview'.",
+    )
     return parser
+
+
+async def _psql(settings: Settings, extra: list[str]) -> int:
+    from service import runtime
+    from service.db.embedded import psql_executable
+
+    async with runtime.database(settings) as dsn:
+        try:
+            proc = await asyncio.create_subprocess_exec(psql_executable(), dsn, *extra)
+        except FileNotFoundError as exc:
+            print(f"aijobs: psql not found: {exc}", file=sys.stderr)
+            return 2
+        return await proc.wait()
 
 
 async def _report(settings: Settings, args: argparse.Namespace) -> str:
@@ -118,7 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aijobs: {exc}", file=sys.stderr)
         return 2
-    args = _parser(settings).parse_args(argv)
+    parser = _parser(settings)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "psql":
+        configure_logging("warning", settings.log_format)
+        return _run(_psql(settings, extra))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command in ("watch", "dispatch"):
         try:
             if args.command == "watch":

