@@ -48,3 +48,4 @@ chaos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .aijobs .mypy_cache .ruff_cache
+	rm -rf clients/typescript/node_modules clients/typescript/dist clients/typescript/build-test
