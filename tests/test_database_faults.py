@@ -70,11 +70,11 @@ class FlakyClaims(JobStore):
         self.error = error
         self.tries = 0
 
-    async def claim(self, limit: int, worker_id: str, lease_s: float) -> list[Job]:
+    async def claim(self, limit: int, worker_id: str, lease_s: float, **options: Any) -> list[Job]:
         self.tries += 1
         if self.tries <= self.failures:
             raise self.error
-        return await super().claim(limit, worker_id, lease_s)
+        return await super().claim(limit, worker_id, lease_s, **options)
 
 
 async def readyz(port: int) -> tuple[int, dict[str, Any]]:
