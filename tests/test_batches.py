@@ -86,7 +86,9 @@ async def test_batches_run_at_once_after_the_first_and_progress_counts_finished_
         ("Starting...", None, None),
         ("Analyzing batch 1 of 4...", 0, 4),
         ("Analyzed 1 of 4 batches", 1, 4),
-        *[(f"Analyzing batch {n} of 4...", 1, 4) for n in range(2, 5)],
+        ("Analyzing batch 2 of 4...", 1, 4),
+        # Started while batch 2 runs: the message tells the bar's count too.
+        *[(f"Analyzing batch {n} of 4... (1 of 4 done)", 1, 4) for n in range(3, 5)],
         *[(f"Analyzed {n} of 4 batches", n, 4) for n in range(2, 5)],
     ]
     assert job.progress_current == job.progress_total == 4

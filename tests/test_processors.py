@@ -136,7 +136,7 @@ async def test_ai_map_controls_runs_in_batches_with_progress(
         ("Analyzing batch 1 of 3...", {"current": 0, "total": 3}),
         ("Analyzed 1 of 3 batches", {"current": 1, "total": 3}),
         ("Analyzing batch 2 of 3...", {"current": 1, "total": 3}),
-        ("Analyzing batch 3 of 3...", {"current": 1, "total": 3}),
+        ("Analyzing batch 3 of 3... (1 of 3 done)", {"current": 1, "total": 3}),
         ("Analyzed 2 of 3 batches", {"current": 2, "total": 3}),
         ("Analyzed 3 of 3 batches", {"current": 3, "total": 3}),
     ]

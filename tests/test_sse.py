@@ -160,7 +160,7 @@ async def test_a_multi_batch_job_on_the_wire(
         "Analyzing batch 1 of 3...",
         "Analyzed 1 of 3 batches",
         "Analyzing batch 2 of 3...",
-        "Analyzing batch 3 of 3...",
+        "Analyzing batch 3 of 3... (1 of 3 done)",
         "Analyzed 2 of 3 batches",
         "Analyzed 3 of 3 batches",
     ]

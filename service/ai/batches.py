@@ -12,7 +12,9 @@ each result checkpointed on the job row as it arrives.
   the failure ends the attempt: the job's next attempt (backoff, retry-after) runs only the
   calls that are missing, as does an attempt after a crash or a lost lease.
 - Progress says which call starts ("Analyzing batch 4 of 8...") and counts finished calls
-  ("Analyzed 3 of 8 batches"): with calls in parallel, the bar shows what is done.
+  ("Analyzed 3 of 8 batches"): with calls in parallel, the bar shows what is done, and a call
+  that starts while earlier ones still run says so too ("Analyzing batch 4 of 8... (2 of 8
+  done)").
 
 A job of a single call is run as it always was: no checkpoint, and the job retries.
 """
@@ -178,12 +180,13 @@ class CallRunner(Generic[T]):
         """Announce a call as it starts ("Analyzing batch 2 of 5..."); the count is of
         finished calls."""
         async with self._lock:
-            w = self._wording
-            await self._ctx.progress(
-                f"Analyzing {w.singular} {self._numbers[unit.key]} of {self._total}...",
-                current=len(self._done),
-                total=self._total,
-            )
+            w, number, done = self._wording, self._numbers[unit.key], len(self._done)
+            message = f"Analyzing {w.singular} {number} of {self._total}..."
+            if done != number - 1:
+                # Calls run in parallel: say what the bar counts, so that "batch 3 of 3" beside
+                # a bar at 1 of 3 reads as one story.
+                message += f" ({done} of {self._total} done)"
+            await self._ctx.progress(message, current=done, total=self._total)
 
     async def _record(self, key: str, result: T) -> None:
         async with self._lock:
