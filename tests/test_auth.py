@@ -93,6 +93,34 @@ async def test_requests_without_a_valid_token_get_401(client: Client) -> None:
             assert response.headers["WWW-Authenticate"].startswith("Bearer"), (name, path)
 
 
+async def test_4xx_messages_are_ours_and_say_what_to_send(client: Client) -> None:
+    library_words = ("segments", "padding", "verification failed", "alg value", "Token is")
+    for token in (
+        "garbage",
+        "not.a.token",
+        jwt.encode(claims(), "another-secret-entirely-but-long"),
+        jwt.encode({"sub": "user-a", "role": "authenticated"}, TEST_JWT_SECRET),
+    ):
+        response = await anonymous(client, "GET", "/api/ai-jobs", bearer(token))
+        message = (await error_of(response, 401))["message"]
+        assert not any(w in message for w in library_words), message
+        assert "send" in message.lower(), message
+    # A form-encoded POST: not the JSON parser's words, but what to send.
+    response = await client.post(
+        "/api/requirements",
+        data={"code": "R-1", "title": "A requirement"},
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    message = (await error_of(response, 400))["message"]
+    assert "invalid literal" not in message and "line 1" not in message, message
+    assert "form" in message and "application/json" in message, message
+    response = await client.post("/api/requirements", data=b"{code:")
+    message = (await error_of(response, 400))["message"]
+    assert "application/json" in message and "line 1" not in message, message
+    response = await client.delete("/api/requirements")
+    assert "send" in (await error_of(response, 405))["message"]
+
+
 async def test_a_token_of_another_role_is_forbidden(client: Client) -> None:
     anon = bearer(jwt.encode(claims(role="anon"), TEST_JWT_SECRET))
     error = await error_of(await anonymous(client, "GET", "/api/ai-jobs", anon), 403)

@@ -149,6 +149,25 @@ def supabase_access_token(cookies: Mapping[str, str], key: str) -> str | None:
     return token if isinstance(token, str) and token else None
 
 
+def _invalid_token_message(exc: jwt.InvalidTokenError) -> str:
+    """What was wrong with a token and what to send instead, in our words, not the library's."""
+    send = "send the access token your sign-in returned, signed with AIJOBS_JWT_SECRET"
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return f"The token's signature does not match this API's secret; {send}"
+    if isinstance(exc, jwt.InvalidAlgorithmError):
+        return f"The token is not signed with HS256; {send}"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return f"The token has no '{exc.claim}' claim; {send}"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "The token is not valid yet (its 'nbf' or 'iat' is in the future)"
+    if isinstance(exc, jwt.DecodeError):
+        return (
+            "The token is not a JWT (three base64url parts separated by dots); send "
+            "'Authorization: Bearer <access token>'"
+        )
+    return f"The token is not valid; {send}"
+
+
 def verify_token(token: str, secret: str) -> Identity:
     """The identity a token proves; raises ApiError 401 (or 403 for a role we do not serve)."""
     try:
@@ -159,9 +178,9 @@ def verify_token(token: str, secret: str) -> Identity:
             options={"require": ["exp", "sub"], "verify_aud": False},
         )
     except jwt.ExpiredSignatureError:
-        raise _unauthorized("The token has expired") from None
+        raise _unauthorized("The token has expired; sign in again for a new one") from None
     except jwt.InvalidTokenError as exc:
-        raise _unauthorized(f"The token is not valid: {exc}") from None
+        raise _unauthorized(_invalid_token_message(exc)) from None
     if _has_nul(claims):
         # Postgres cannot hold it, and no issuer of ours puts it there.
         raise _unauthorized("The token's claims contain a NUL character")

@@ -69,9 +69,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         message = exc.reason or "Request failed"
         if exc.status == 404:
-            message = f"No route for {request.method} {request.path}"
+            message = (
+                f"No route for {request.method} {request.path}; the routes are described at "
+                "GET /api/openapi.json"
+            )
         elif exc.status == 405:
-            message = f"Method {request.method} is not allowed on {request.path}"
+            allowed = exc.headers.get("Allow", "")
+            message = f"Method {request.method} is not allowed on {request.path}" + (
+                f"; send {allowed.replace(',', ' or ')}" if allowed else ""
+            )
         elif exc.status == 413:
             message = "The request body is too large"
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}

@@ -51,6 +51,20 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def not_json(request: web.Request) -> ApiError:
+    """Our 400 for a body that is not JSON, saying what to send; never the parser's words."""
+    kind = request.content_type
+    if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        said = f"The request body is a form ({kind}); this API reads JSON only"
+    else:
+        said = "The request body is not valid JSON"
+    return bad_request(
+        f"{said}: send a JSON object with 'Content-Type: application/json' (the fields of each "
+        "request are described at GET /api/openapi.json)",
+        "invalid_json",
+    )
+
+
 async def json_body(request: web.Request, limit: int | None = None) -> Any:
     """The JSON body; bodies over `limit` bytes (default AIJOBS_MAX_BODY) get 413."""
     body = await read_body(request, limit or request.app[SETTINGS].max_body_bytes)
@@ -58,8 +72,8 @@ async def json_body(request: web.Request, limit: int | None = None) -> Any:
         raise bad_request("The request body is empty; send JSON", "invalid_json")
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
+    except orjson.JSONDecodeError:
+        raise not_json(request) from None
 
 
 async def json_object(request: web.Request, limit: int | None = None) -> dict[str, Any]:
@@ -115,8 +129,8 @@ async def dispatch_priority(request: web.Request) -> int:
         return 0
     try:
         data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise bad_request(f"The request body is not valid JSON: {exc}", "invalid_json") from None
+    except orjson.JSONDecodeError:
+        raise not_json(request) from None
     if not isinstance(data, dict):
         raise bad_request(
             'The request body must be a JSON object, such as {"priority": 5}', "invalid_body"
