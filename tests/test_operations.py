@@ -15,7 +15,14 @@ from service.entities.store import EntityStore
 from service.jobs.retention import Pruner
 from service.jobs.store import JobStore
 from service.runtime import running_worker
-from tests.conftest import DOCUMENT, make_settings, seed_controls, wait_for_job, wait_until
+from tests.conftest import (
+    DOCUMENT,
+    auth_headers,
+    make_settings,
+    seed_controls,
+    wait_for_job,
+    wait_until,
+)
 from tests.fake_anthropic import Error, FakeAnthropic
 from tests.tcp_proxy import TcpProxy
 from tests.test_api_jobs import make_mapping
@@ -151,6 +158,30 @@ async def test_enqueue_from_psql_runs_like_a_dispatch(
     assert done.status == "completed"
     row = await entities.get_mapping(mapping["id"])
     assert row is not None and row["ai_match_score"] is not None
+
+
+async def test_a_job_enqueued_from_psql_for_a_user_is_that_users(
+    dsn: str, client: Any, entities: EntityStore
+) -> None:
+    mapping = await make_mapping(entities)
+    code, owned, err = await psql(
+        dsn, f"SELECT id FROM ai_jobs_enqueue('ai-match', {mapping['id']}, created_by => 'user-x')"
+    )
+    assert code == 0, err
+    code, unowned, err = await psql(
+        dsn, f"SELECT id FROM ai_jobs_enqueue('ai-coverage', {mapping['requirement_id']})"
+    )
+    assert code == 0, err
+    user_x, service = auth_headers("user-x"), auth_headers("ops", role="service_role")
+    response = await client.get(f"/api/ai-jobs/{owned}", headers=user_x)
+    assert response.status == 200 and (await response.json())["jobType"] == "ai-match"
+    listed = await (await client.get("/api/ai-jobs", headers=user_x)).json()
+    assert [j["id"] for j in listed] == [owned]
+    # Nobody's job: not a user's, but the service role sees it, and every other.
+    assert (await client.get(f"/api/ai-jobs/{unowned}", headers=user_x)).status == 404
+    assert (await client.get(f"/api/ai-jobs/{unowned}", headers=service)).status == 200
+    listed = await (await client.get("/api/ai-jobs", headers=service)).json()
+    assert {j["id"] for j in listed} == {owned, unowned}
 
 
 async def test_identical_enqueues_from_psql_return_one_job(dsn: str, entities: EntityStore) -> None:
