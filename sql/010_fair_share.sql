@@ -60,14 +60,19 @@ CREATE TRIGGER ai_user_budgets_touch BEFORE UPDATE ON ai_user_budgets
 ALTER TABLE ai_user_spend ENABLE ROW LEVEL SECURITY;
 ALTER TABLE ai_user_budgets ENABLE ROW LEVEL SECURITY;
 REVOKE ALL ON ai_user_spend, ai_user_budgets FROM PUBLIC;
+-- The roles exist on Supabase (and where 001 could create them), not on every server.
 DO $$
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
     REVOKE ALL ON ai_user_spend, ai_user_budgets FROM anon;
   END IF;
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+    REVOKE ALL ON ai_user_spend, ai_user_budgets FROM authenticated;
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+    GRANT ALL ON ai_user_spend, ai_user_budgets TO service_role;
+  END IF;
 END $$;
-REVOKE ALL ON ai_user_spend, ai_user_budgets FROM authenticated;
-GRANT ALL ON ai_user_spend, ai_user_budgets TO service_role;
 
 -- Per user, now: jobs queued and running, jobs finished today (UTC), and what their model
 -- calls used and cost today. daily_budget_usd is the user's own row in ai_user_budgets
@@ -113,9 +118,13 @@ BEGIN
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'anon') THEN
     REVOKE ALL ON ai_jobs_by_user FROM anon;
   END IF;
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
+    REVOKE ALL ON ai_jobs_by_user FROM authenticated;
+  END IF;
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'service_role') THEN
+    GRANT SELECT ON ai_jobs_by_user TO service_role;
+  END IF;
 END $$;
-REVOKE ALL ON ai_jobs_by_user FROM authenticated;
-GRANT SELECT ON ai_jobs_by_user TO service_role;
 
 -- Dispatch, as in 008, with two more things per request: its priority (`priorities`, NULL or
 -- a NULL element: 0), and the user's daily budget. A user whose model calls cost at least
