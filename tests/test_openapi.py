@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import jwt
+import pytest
 import schemathesis
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -35,7 +36,8 @@ NOT_FUZZED = ("getJobEvents",)
 JWT_SECRET = "openapi-test-secret-long-enough-for-hs256"
 EXAMPLES_PER_OPERATION = 25
 SEED = 20250501
-RUN_TIMEOUT_S = 100
+# About 50 s alone here; a shared machine under load has taken twice that.
+RUN_TIMEOUT_S = 300
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
@@ -192,6 +194,7 @@ async def _schemathesis(url: str, cwd: Path) -> tuple[int, str]:
     return process.returncode, output.decode(errors="replace")
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 60)
 async def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_description(
     dsn: str, pool: asyncpg.Pool, entities: EntityStore, tmp_path: Path
 ) -> None:
