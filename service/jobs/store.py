@@ -308,46 +308,27 @@ class JobStore:
         )
         return {r["id"] for r in rows}
 
-    async def fail(self, job: Job, error_message: str) -> Job:
-        row = await self.pool.fetchrow(
-            Q.fail_job, job.id, job.locked_by, job.attempts, error_message
-        )
+    async def _fenced(self, query: str, job: Job, *args: object) -> Job:
+        """Run a write fenced by the job's lease owner and attempt; LeaseLost when it
+        changed nothing."""
+        row = await self.pool.fetchrow(query, job.id, job.locked_by, job.attempts, *args)
         if row is None:
             raise LeaseLost(str(job.id))
         return Job.from_record(row)
 
+    async def fail(self, job: Job, error_message: str) -> Job:
+        return await self._fenced(Q.fail_job, job, error_message)
+
     async def retry(
         self, job: Job, delay_s: float, progress_message: str, error_message: str
     ) -> Job:
-        row = await self.pool.fetchrow(
-            Q.retry_job,
-            job.id,
-            job.locked_by,
-            job.attempts,
-            delay_s,
-            progress_message,
-            error_message,
-        )
-        if row is None:
-            raise LeaseLost(str(job.id))
-        return Job.from_record(row)
+        return await self._fenced(Q.retry_job, job, delay_s, progress_message, error_message)
 
     async def snooze(
         self, job: Job, delay_s: float, progress_message: str, error_message: str
     ) -> Job:
         """Back to pending for `delay_s`, without counting the attempt: see snooze_job."""
-        row = await self.pool.fetchrow(
-            Q.snooze_job,
-            job.id,
-            job.locked_by,
-            job.attempts,
-            delay_s,
-            progress_message,
-            error_message,
-        )
-        if row is None:
-            raise LeaseLost(str(job.id))
-        return Job.from_record(row)
+        return await self._fenced(Q.snooze_job, job, delay_s, progress_message, error_message)
 
     async def release(self, job: Job, message: str = "Worker stopped; queued to run again") -> None:
         """Hand the job back to pending without counting the attempt; its checkpoint stays."""
