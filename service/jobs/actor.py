@@ -250,7 +250,7 @@ async def _snooze(
     label = _RETRY_LABELS.get(exc.kind, "Temporary failure")
     message = f"{label}; waiting {delay:.0f} s (a wait costs no attempt)"
     try:
-        await store.snooze(job, delay, message, exc.reason)
+        await _settle(lambda: store.snooze(job, delay, message, exc.reason), job_log)
         job_log.info("job_snoozed", reason=exc.reason, delay_s=round(delay, 3))
     except LeaseLost:
         job_log.warning("job_lease_lost")
