@@ -33,6 +33,11 @@ from service.ops import ops_routes
 log = get_logger(__name__)
 
 EMBEDDED_DATABASE = "aijobs"
+# On SIGTERM the API's event streams end at once (the hub drains them); a request still in
+# flight gets this long to finish, then is cancelled and gets this long again to unwind. A
+# client that never sends the rest of its body cannot hold a stop up any longer (aiohttp's
+# own default is 60 s for each of the two waits).
+API_SHUTDOWN_TIMEOUT_S = 2.0
 
 
 @contextlib.asynccontextmanager
@@ -211,7 +216,11 @@ async def _serve_worker_ops(
 async def running_api(
     settings: Settings, dsn: str, host: str, port: int, pool: asyncpg.Pool | None = None
 ) -> AsyncIterator[web.AppRunner]:
-    runner = web.AppRunner(create_app(settings, dsn, pool), handle_signals=False)
+    runner = web.AppRunner(
+        create_app(settings, dsn, pool),
+        handle_signals=False,
+        shutdown_timeout=API_SHUTDOWN_TIMEOUT_S,
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import math
 import os
+import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -21,15 +22,17 @@ import asyncpg
 import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
-from bench.sse_fanout import measure
+from bench.sse_fanout import _raise_open_files_limit, measure
 from service import watch
 from service.api.app import create_app
 from service.api.state import EVENT_HUB
 from service.config import Settings
+from service.db.embedded import _free_port
 from service.entities.store import EntityStore
 from service.jobs.store import JobStore
 from service.runtime import running_worker
 from tests.conftest import (
+    TEST_JWT_SECRET,
     auth_headers,
     make_settings,
     seed_controls,
@@ -40,6 +43,7 @@ from tests.conftest import (
 from tests.fake_anthropic import Delay, FakeAnthropic, Refusal
 from tests.pg import DatabaseFactory
 from tests.test_api_jobs import make_mapping
+from tests.test_auth import wait_answering
 from tests.test_events import complete, many_steps, start_processing
 from tests.test_processors import dispatch
 
@@ -345,6 +349,83 @@ async def test_streams_end_cleanly_when_the_api_shuts_down(
         for stream in streams:
             events = await stream.rest()  # a clean end of the stream, not a reset
             assert [job["status"] for _, job in events] == ["pending"]
+
+
+async def test_an_api_with_thousands_of_open_streams_stops_promptly_on_sigterm(
+    dsn: str, pool: asyncpg.Pool
+) -> None:
+    """`aijobs api` holding 2,000 open streams and one upload that never finishes stops on
+    SIGTERM: every stream ends cleanly, and the request that never completes is given up
+    rather than waited for (the bound is generous: the machine may be busy)."""
+    _raise_open_files_limit()
+    job_id = await pool.fetchval(
+        "INSERT INTO ai_jobs (job_type, entity_id, created_by) VALUES ('ai-match', 1, 'test-user')"
+        " RETURNING id"
+    )
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "AIJOBS_JWT_SECRET": TEST_JWT_SECRET,
+        "AIJOBS_LOG_LEVEL": "warning",
+        "AIJOBS_SSE_STREAMS_PER_USER": "0",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        "api",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    count = 2000
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=auth_headers()
+        ) as session:
+            await wait_answering(session, f"{base}/api/ai-jobs?limit=1")
+            connecting = asyncio.Semaphore(100)
+
+            async def subscribe() -> Stream:
+                async with connecting:
+                    response = await session.get(f"{base}/api/ai-jobs/{job_id}/events")
+                    stream = Stream(response)
+                    await stream.next_event()
+                return stream
+
+            streams = await asyncio.wait_for(
+                asyncio.gather(*(subscribe() for _ in range(count))), 120
+            )
+            # A request whose body never arrives: its handler waits for the rest of it.
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /api/requirements HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer " + token_for().encode() + b"\r\n"
+                b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"a": '
+            )
+            try:
+                await writer.drain()
+                await asyncio.sleep(0.5)
+
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(proc.wait(), 40) == 0
+                ended = await asyncio.wait_for(
+                    asyncio.gather(*(stream.rest() for stream in streams)), 60
+                )
+            finally:
+                writer.close()
+        assert len(ended) == count
+        # Each stream ended cleanly after its first event, with nothing more.
+        assert all([job["status"] for _, job in events] == ["pending"] for events in ended)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 # -- many clients, a lost listener ------------------------------------------------------
