@@ -42,6 +42,10 @@ REFERENCE = "floor"  # for queue figures; "bare" (aiohttp) for HTTP ones
 # its `measure(admin_dsn, subscribers, updates, gap_ms, idle_jobs)`.
 SSE_MODULE = "bench.sse_fanout"
 
+# The longest one section may take before it is given up as "not taken" (each normally
+# takes 1-4 minutes; every benchmark has time limits of its own as well).
+SECTION_TIMEOUT_S = 1800.0
+
 
 @dataclass(frozen=True)
 class SsePreset:
@@ -69,6 +73,8 @@ class Row:
     met: bool | None = None
     note: str = ""
     higher_is_better: bool = True
+    # Why the figure could not be taken (the benchmark failed or ran out of time); None: taken.
+    not_taken: str | None = None
 
     def median(self, system: str) -> float | None:
         cell = self.values.get(system)
@@ -313,8 +319,12 @@ class Suite:
                     self.server_dsn, subscribers=n, updates=preset.updates, gap_ms=preset.gap_ms
                 )
 
-            results = await self.repeat(f"sse_{subscribers}", one)
             label = f"SSE, {subscribers:,} subscribers: progress commit to delivery"
+            try:
+                results = await self.repeat(f"sse_{subscribers}", one)
+            except Exception as exc:
+                self.record_not_taken(label, exc)
+                continue
             row = Row(f"{label}, p50", "ms", higher_is_better=False)
             row.values = {"aijobs": spread([r["p50_ms"] for r in results])}
             self.rows.append(row)
@@ -333,11 +343,27 @@ class Suite:
             row.target = "< 20 KB"
             row.met = float(row.values["aijobs"]["median"]) < 20
             self.rows.append(row)
+            row = Row(
+                f"SSE, {subscribers:,} subscribers: API exit after SIGTERM",
+                "s",
+                higher_is_better=False,
+            )
+            row.values = {"aijobs": spread([r["shutdown_s"] for r in results])}
+            row.target = "< 5 s"
+            row.met = float(row.values["aijobs"]["median"]) < 5
+            self.rows.append(row)
 
     async def profile_section(self) -> None:
         jobs = throughput.jobs_for(self.scale)
         self.profile = await profiling.profile_drain(self.server_dsn, jobs, concurrency=50)
         log(f"profile: {self.profile.get('samples', 0)} samples")
+
+    def record_not_taken(self, what: str, error: BaseException) -> None:
+        """A figure that could not be taken: a row saying so, and the rest of the suite goes on."""
+        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0][:200]
+        log(f"{what}: not taken: {reason}")
+        self.rows.append(Row(what, "", not_taken=reason))
+        self.raw.setdefault("not_taken", []).append({"figure": what, "reason": reason})
 
     async def run(self) -> None:
         if not queues.pgqueuer_available():
@@ -354,7 +380,10 @@ class Suite:
         for name, step in steps:
             if self.wants(name):
                 log(f"{name} ...")
-                await step()
+                try:
+                    await asyncio.wait_for(step(), SECTION_TIMEOUT_S)
+                except Exception as exc:  # one benchmark failing must not lose the others
+                    self.record_not_taken(name, exc)
 
 
 def _brief(result: dict[str, Any]) -> str:
@@ -413,6 +442,10 @@ def table(rows: list[Row]) -> str:
     lines = [header]
     for row in rows:
         reference = "bare" if "bare" in row.values else REFERENCE
+        if row.not_taken is not None:
+            missing = f"not taken: {row.not_taken}"
+            lines.append([row.figure, row.unit or "—", missing, "—", "—", "—", "—", "—", "n/a"])
+            continue
         verdict = {True: "met", False: "NOT MET", None: "n/a"}[row.met] if row.target else "—"
         lines.append(
             [
@@ -490,6 +523,7 @@ async def run_suite(
                 "target": r.target,
                 "met": r.met,
                 "note": r.note,
+                "not_taken": r.not_taken,
             }
             for r in suite.rows
         ],

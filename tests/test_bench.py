@@ -90,6 +90,27 @@ async def test_runner_writes_one_table_and_json(databases: DatabaseFactory, tmp_
     assert "written to" in run.render(result)
 
 
+async def test_a_figure_that_cannot_be_taken_is_reported_and_the_rest_still_are(
+    databases: DatabaseFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> dict[str, object]:
+        raise TimeoutError("the worker did not start within 60 s")
+
+    monkeypatch.setattr(pickup_latency, "measure", broken)
+    result = await run.run_suite(
+        databases.admin_dsn, "tiny", runs=1, only={"pickup", "sse"}, out_dir=tmp_path
+    )
+    assert "not taken: TimeoutError: the worker did not start within 60 s" in result["table"]
+    # The section after the broken one was still taken, and its figures are in the table.
+    assert "SSE, 20 subscribers: progress commit to delivery, p99" in result["table"]
+    written = json.loads((tmp_path / "latest.json").read_text())
+    missing = [r for r in written["rows"] if r["not_taken"]]
+    assert [r["figure"] for r in missing] == ["pickup"]
+    taken = [r for r in written["rows"] if not r["not_taken"]]
+    assert taken and all(r["values"]["aijobs"]["runs"] for r in taken)
+    assert "not taken" in run.render(result)
+
+
 def test_table_shows_ratios_and_verdicts() -> None:
     row = run.Row("no-op throughput", "jobs/s", target="≥ 1.5x PgQueuer")
     row.values = {
