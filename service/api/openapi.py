@@ -12,20 +12,15 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
-from service.ai.dispatch import JOB_TYPES
-from service.api.entities import (
-    LIST_LIMIT_DEFAULT,
-    LIST_LIMIT_MAX,
-    MAX_CONTROLS_PER_REQUEST,
-    MAX_DOCUMENT_CHARS,
-)
-from service.api.jobs import STATUSES
-from service.api.parse import MAX_BIGINT, PRIORITY_RANGE
+from service.api import shapes
+from service.api.entities import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, MAX_CONTROLS_PER_REQUEST
 from service.api.sse import RETRY_MS
 
 PATH = "/api/openapi.json"
-PRIORITY_MIN, PRIORITY_MAX = PRIORITY_RANGE
 # GET /api/ai-jobs?limit=
 JOBS_LIMIT_DEFAULT = 50
 JOBS_LIMIT_MAX = 500
@@ -34,24 +29,139 @@ routes = web.RouteTableDef()
 
 Schema = dict[str, Any]
 
-# Text that the API stores: any characters but NUL.
-_NO_NUL = "^[^\x00]*$"
-# The same, with at least one character that is not white space (str.isspace), as the
-# handlers strip a value before they call it empty. The class is spelled out so that every
-# regex dialect reads it alike: Python's \s also matches U+001C..U+001F, ECMAScript's does not.
-_NOT_BLANK = "^[^\x00]*[^\\s\x00\x1c-\x1f][^\x00]*$"
 # Printable ASCII, no space at either end (HTTP strips it from a header value).
 _HEADER_TOKEN = "^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
+
+# The shapes that are components of the document, in its order; a shape used only inside
+# another (the detail of an error, a mapped control, the sign-in body) is written in place.
+COMPONENTS: tuple[type[Any] | tuple[str, Any], ...] = (
+    shapes.Error,
+    shapes.DispatchOptions,
+    shapes.RequirementInput,
+    shapes.DocumentInput,
+    shapes.ControlInput,
+    shapes.MappingInput,
+    shapes.Requirement,
+    shapes.Document,
+    shapes.Control,
+    shapes.Mapping,
+    shapes.DocumentSummary,
+    shapes.MappingSummary,
+    shapes.DocumentControl,
+    shapes.DocumentScore,
+    ("JobType", shapes.JobType),
+    ("JobStatus", shapes.JobStatus),
+    shapes.Progress,
+    shapes.MatchResult,
+    shapes.CoverageResult,
+    shapes.MapControlsResult,
+    shapes.Job,
+    shapes.Dispatched,
+    shapes.Session,
+)
+_DEFS = "#/$defs/"
+
+
+class _Generator(GenerateJsonSchema):
+    """JSON Schema as this document writes it: no titles, `"type": [T, "null"]` for a simple
+    nullable value, and no `"default": null` for a field that may be left out (leaving it out
+    is not sending null)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        inner = self.generate_inner(schema["schema"])
+        if "anyOf" in inner:
+            return {**inner, "anyOf": [{"type": "null"}, *inner["anyOf"]]}
+        if isinstance(inner.get("type"), str) and "$ref" not in inner:
+            return {**inner, "type": [inner["type"], "null"]}
+        return {"anyOf": [inner, {"type": "null"}]}
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        json_schema = super().default_schema(schema)
+        if schema.get("default") is None:
+            json_schema.pop("default", None)
+        return json_schema
+
+
+def _named_components() -> list[tuple[str, Any]]:
+    return [item if isinstance(item, tuple) else (item.__name__, item) for item in COMPONENTS]
+
+
+@functools.cache
+def _definitions() -> dict[str, Schema]:
+    """The JSON Schema of each shape, by name: the components and the shapes inside them."""
+    inputs = [*_named_components(), ("SessionInput", shapes.SessionInput)]
+    top, definitions = TypeAdapter.json_schemas(
+        [(name, "validation", TypeAdapter(kind)) for name, kind in inputs],
+        ref_template=_DEFS + "{model}",
+        schema_generator=_Generator,
+    )
+    defs: dict[str, Schema] = dict(definitions.get("$defs", {}))
+    for name, _kind in inputs:
+        schema = top[(name, "validation")]
+        if schema.get("$ref") != _DEFS + name:
+            defs[name] = schema
+    for schema in defs.values():
+        schema.pop("title", None)
+        if "properties" in schema:
+            schema.setdefault("required", [])
+        if "description" in schema:  # a docstring, one paragraph
+            schema["description"] = " ".join(schema["description"].split("\n"))
+    return defs
+
+
+def _placed(node: Any) -> Any:
+    """`node` with each reference to a component pointing into the document's components,
+    and each other shape written in place."""
+    if isinstance(node, list):
+        return [_placed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith(_DEFS):
+        name = ref.removeprefix(_DEFS)
+        if name in dict(_named_components()):
+            return {**node, "$ref": f"#/components/schemas/{name}"}
+        return _placed({**_definitions()[name], **{k: v for k, v in node.items() if k != "$ref"}})
+    return {key: _placed(value) for key, value in node.items()}
+
+
+def _schemas() -> dict[str, Schema]:
+    """The components' schemas, derived from the shapes; a shape that extends another is the
+    other `allOf` its own fields."""
+    schemas: dict[str, Schema] = {}
+    for name, kind in _named_components():
+        schema = _placed(_definitions()[name])
+        base = kind.__base__ if isinstance(kind, type) else None
+        if base is not None and base is not shapes.Shape and issubclass(base, shapes.Shape):
+            inherited = schemas[base.__name__]["properties"]
+            own = [n for n in schema["properties"] if n not in inherited]
+            schema = {
+                "allOf": [
+                    _ref(base.__name__),
+                    {
+                        "type": "object",
+                        "required": [n for n in schema["required"] if n in own],
+                        "properties": {n: schema["properties"][n] for n in own},
+                    },
+                ]
+            }
+        schemas[name] = schema
+    return schemas
+
+
+def _shape(name: str) -> Schema:
+    """A shape that is not a component, written in place."""
+    return _placed(_definitions()[name])  # type: ignore[no-any-return]
+
+
+_ID: Schema = TypeAdapter(shapes.Id).json_schema(schema_generator=_Generator)
 
 
 def _ref(name: str) -> Schema:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: Schema) -> Schema:
-    if "$ref" in schema:
-        return {"anyOf": [schema, {"type": "null"}]}
-    return {**schema, "type": [schema["type"], "null"]}
 
 
 def _json(schema: Schema) -> dict[str, Any]:
@@ -81,288 +191,11 @@ def _param(name: str) -> Schema:
     return {"$ref": f"#/components/parameters/{name}"}
 
 
-_TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
-_ID: Schema = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_BIGINT}
-_SCORE: Schema = {"type": "integer", "minimum": 0, "maximum": 100}
-
-
-def _text(max_length: int, *, blank: bool = False) -> Schema:
-    return {"type": "string", "maxLength": max_length, "pattern": _NO_NUL if blank else _NOT_BLANK}
-
-
 def _object(properties: dict[str, Schema], *, optional: tuple[str, ...] = ()) -> Schema:
     return {
         "type": "object",
         "required": [name for name in properties if name not in optional],
         "properties": properties,
-    }
-
-
-def _schemas() -> dict[str, Schema]:
-    error = _object(
-        {
-            "error": _object(
-                {
-                    "code": {
-                        "type": "string",
-                        "description": "Stable and machine readable, e.g. `not_found`, "
-                        "`validation_error`, `invalid_id`, `not_analysable`",
-                    },
-                    "message": {"type": "string", "description": "For people"},
-                }
-            )
-        }
-    )
-    requirement_input = _object(
-        {
-            "code": _text(100),
-            "title": _text(1000),
-            "description": _nullable(_text(50_000, blank=True)),
-        },
-        optional=("description",),
-    )
-    document_input = _object(
-        {"title": _text(1000), "content": _text(MAX_DOCUMENT_CHARS, blank=True)}
-    )
-    document_input["properties"]["content"]["description"] = (
-        "May be empty; an empty document cannot be analysed"
-    )
-    control_input = _object(
-        {
-            "code": _text(100),
-            "title": _text(1000),
-            "description": _nullable(_text(50_000, blank=True)),
-        },
-        optional=("description",),
-    )
-    mapping_input = _object({"requirementId": _ID, "documentId": _ID})
-    document_score = _object({"documentId": _ID, "score": _SCORE})
-    requirement = _object(
-        {
-            "id": _ID,
-            "code": {"type": "string"},
-            "title": {"type": "string"},
-            "description": {"type": "string"},
-            "coverageScore": _nullable(_SCORE),
-            "coverageSummary": _nullable({"type": "string"}),
-            "coverageGaps": _nullable({"type": "array", "items": {"type": "string"}}),
-            "coverageDocuments": _nullable({"type": "array", "items": _ref("DocumentScore")}),
-            "coverageAnalyzedAt": _nullable(_TIMESTAMP),
-            "createdAt": _TIMESTAMP,
-            "updatedAt": _TIMESTAMP,
-        }
-    )
-    requirement["description"] = "The coverage fields are null until an ai-coverage job completes"
-    document = _object(
-        {
-            "id": _ID,
-            "title": {"type": "string"},
-            "content": {"type": "string"},
-            "createdAt": _TIMESTAMP,
-            "updatedAt": _TIMESTAMP,
-        }
-    )
-    control = _object(
-        {
-            "id": _ID,
-            "code": {"type": "string"},
-            "title": {"type": "string"},
-            "description": {"type": "string"},
-            "createdAt": _TIMESTAMP,
-        }
-    )
-    mapping = _object(
-        {
-            "id": _ID,
-            "requirementId": _ID,
-            "documentId": _ID,
-            "aiMatchScore": _nullable(_SCORE),
-            "aiMatchRationale": _nullable({"type": "string"}),
-            "aiMatchRecommendations": _nullable({"type": "array", "items": {"type": "string"}}),
-            "aiMatchedAt": _nullable(_TIMESTAMP),
-            "createdAt": _TIMESTAMP,
-            "updatedAt": _TIMESTAMP,
-        }
-    )
-    mapping["description"] = "The aiMatch fields are null until an ai-match job completes"
-    document_summary = _object(
-        {
-            "id": _ID,
-            "title": {"type": "string"},
-            "length": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "The number of characters of the content",
-            },
-            "createdAt": _TIMESTAMP,
-            "updatedAt": _TIMESTAMP,
-        }
-    )
-    mapping_summary = {
-        "allOf": [
-            _ref("Mapping"),
-            _object(
-                {
-                    "requirementCode": {"type": "string"},
-                    "requirementTitle": {"type": "string"},
-                    "documentTitle": {"type": "string"},
-                }
-            ),
-        ]
-    }
-    document_control = _object(
-        {
-            "controlId": _ID,
-            "code": {"type": "string"},
-            "title": {"type": "string"},
-            "confidence": _SCORE,
-            "rationale": {"type": "string"},
-            "jobId": _nullable({"type": "string", "format": "uuid"}),
-            "createdAt": _TIMESTAMP,
-        }
-    )
-    document_control["description"] = "A control that an ai-map-controls job found in a document"
-    provenance: dict[str, Schema] = {
-        "analyzer": {"type": "string", "enum": ["claude", "offline"]},
-        "model": {"type": "string"},
-        "usage": {"type": "object", "description": "Model calls and tokens spent"},
-    }
-    provenance_names = tuple(provenance)
-    match_result = _object(
-        {
-            "aiMatchScore": _SCORE,
-            "aiMatchRationale": {"type": "string"},
-            "aiMatchRecommendations": {"type": "array", "items": {"type": "string"}},
-            "sections": {"type": "integer", "minimum": 2},
-            **provenance,
-        },
-        optional=("sections", *provenance_names),
-    )
-    coverage_result = _object(
-        {
-            "coverageScore": _SCORE,
-            "summary": {"type": "string"},
-            "gaps": {"type": "array", "items": {"type": "string"}},
-            "documents": {"type": "array", "items": _ref("DocumentScore")},
-            "parts": {"type": "integer", "minimum": 2},
-            **provenance,
-        },
-        optional=("parts", *provenance_names),
-    )
-    map_controls_result = _object(
-        {
-            "mappedControls": {
-                "type": "array",
-                "items": _object(
-                    {"controlId": _ID, "confidence": _SCORE, "rationale": {"type": "string"}}
-                ),
-            },
-            "batches": {"type": "integer", "minimum": 0},
-            "sections": {"type": "integer", "minimum": 2},
-            **provenance,
-        },
-        optional=("sections", *provenance_names),
-    )
-    progress = _object(
-        {
-            "current": _nullable({"type": "integer"}),
-            "total": _nullable({"type": "integer"}),
-        }
-    )
-    job_status: Schema = {"type": "string", "enum": list(STATUSES)}
-    job = _object(
-        {
-            "id": {"type": "string", "format": "uuid"},
-            "jobType": _ref("JobType"),
-            "entityId": _ID,
-            "status": _ref("JobStatus"),
-            "progressMessage": _nullable({"type": "string"}),
-            "progress": _nullable(_ref("Progress")),
-            "result": {
-                "description": "Null until the job completes; then the result of its job type",
-                "anyOf": [
-                    {"type": "null"},
-                    _ref("MatchResult"),
-                    _ref("CoverageResult"),
-                    _ref("MapControlsResult"),
-                ],
-            },
-            "errorMessage": _nullable({"type": "string"}),
-            "attempts": {"type": "integer", "minimum": 0},
-            "maxAttempts": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "Grows by one each time a rate limit or an overloaded model "
-                "sends the job back to wait: such a wait costs no attempt",
-            },
-            "priority": {
-                "type": "integer",
-                "minimum": PRIORITY_MIN,
-                "maximum": PRIORITY_MAX,
-                "description": "Higher is started first",
-            },
-            "runAfter": _TIMESTAMP,
-            "startedAt": _nullable(_TIMESTAMP),
-            "finishedAt": _nullable(_TIMESTAMP),
-            "createdAt": _TIMESTAMP,
-            "updatedAt": _TIMESTAMP,
-        }
-    )
-    job["description"] = (
-        "`entityId` is a mapping id for ai-match, a requirement id for ai-coverage and a "
-        "document id for ai-map-controls. Clients stop polling on `completed` and `failed`; "
-        "a cancelled job is `failed` with `errorMessage` saying so."
-    )
-    dispatched = _object(
-        {"jobId": {"type": "string", "format": "uuid"}, "status": _ref("JobStatus")}
-    )
-    dispatched["description"] = (
-        "The job recorded for the analysis: a new one (`pending`), the one already pending or "
-        "running for the same entity, or the one named by the same Idempotency-Key"
-    )
-    dispatch_options = _object(
-        {
-            "priority": {
-                "type": "integer",
-                "minimum": PRIORITY_MIN,
-                "maximum": PRIORITY_MAX,
-                "default": 0,
-                "description": "Higher is started first; priority comes before the fair "
-                "share between users. Out of range or not an integer: 400 invalid_priority",
-            }
-        },
-        optional=("priority",),
-    )
-    return {
-        "Error": error,
-        "DispatchOptions": dispatch_options,
-        "RequirementInput": requirement_input,
-        "DocumentInput": document_input,
-        "ControlInput": control_input,
-        "MappingInput": mapping_input,
-        "Requirement": requirement,
-        "Document": document,
-        "Control": control,
-        "Mapping": mapping,
-        "DocumentSummary": document_summary,
-        "MappingSummary": mapping_summary,
-        "DocumentControl": document_control,
-        "DocumentScore": document_score,
-        "JobType": {"type": "string", "enum": list(JOB_TYPES)},
-        "JobStatus": job_status,
-        "Progress": progress,
-        "MatchResult": match_result,
-        "CoverageResult": coverage_result,
-        "MapControlsResult": map_controls_result,
-        "Job": job,
-        "Dispatched": dispatched,
-        "Session": _object(
-            {
-                "userId": {"type": "string"},
-                "role": {"type": "string", "enum": ["authenticated", "service_role"]},
-                "expiresAt": {"type": ["string", "null"], "format": "date-time"},
-            }
-        ),
     }
 
 
@@ -887,7 +720,7 @@ def _paths() -> dict[str, Any]:
                 "own origin or one of AIJOBS_CORS_ORIGINS.",
                 "tags": ["session"],
                 "security": public,
-                "requestBody": _body(_object({"accessToken": _text(16_384)})),
+                "requestBody": _body(_shape("SessionInput")),
                 "responses": {
                     "200": _response("Signed in", _ref("Session")),
                     **_errors(400, 413),
