@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from service.api import parse, render
+from service.api import parse, render, shapes
 from service.api.errors import ApiError, bad_request, not_found
 from service.api.state import ENTITIES, SETTINGS
 from service.entities.store import ControlInput
@@ -13,7 +13,6 @@ from service.entities.store import ControlInput
 routes = web.RouteTableDef()
 
 MAX_CONTROLS_PER_REQUEST = 1000
-MAX_DOCUMENT_CHARS = 2_000_000
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 500
 
@@ -24,11 +23,9 @@ def _list_limit(request: web.Request) -> int:
 
 @routes.post("/api/requirements")
 async def create_requirement(request: web.Request) -> web.Response:
-    data = await parse.json_object(request)
+    body = await parse.json_shape(request, shapes.RequirementInput)
     row = await request.app[ENTITIES].create_requirement(
-        parse.text_field(data, "code", max_length=100),
-        parse.text_field(data, "title", max_length=1000),
-        parse.text_field(data, "description", required=False, allow_empty=True, max_length=50_000),
+        body.code, body.title, body.description or ""
     )
     return render.json_response(render.requirement_json(row), 201)
 
@@ -50,13 +47,10 @@ async def get_requirement(request: web.Request) -> web.Response:
 
 @routes.post("/api/documents")
 async def create_document(request: web.Request) -> web.Response:
-    data = await parse.json_object(request, request.app[SETTINGS].max_document_body_bytes)
-    row = await request.app[ENTITIES].create_document(
-        parse.text_field(data, "title", max_length=1000),
-        parse.text_field(
-            data, "content", required=True, allow_empty=True, max_length=MAX_DOCUMENT_CHARS
-        ),
+    body = await parse.json_shape(
+        request, shapes.DocumentInput, request.app[SETTINGS].max_document_body_bytes
     )
+    row = await request.app[ENTITIES].create_document(body.title, body.content)
     return render.json_response(render.document_json(row), 201)
 
 
@@ -85,14 +79,9 @@ async def get_document_controls(request: web.Request) -> web.Response:
     return render.json_response([render.document_control_json(r) for r in rows])
 
 
-def _control_input(item: object, where: str) -> ControlInput:
-    if not isinstance(item, dict):
-        raise bad_request(f"{where} must be a JSON object", "invalid_body")
-    return ControlInput(
-        parse.text_field(item, "code", max_length=100),
-        parse.text_field(item, "title", max_length=1000),
-        parse.text_field(item, "description", required=False, allow_empty=True, max_length=50_000),
-    )
+def _control_input(item: object, what: str) -> ControlInput:
+    control = parse.validated(shapes.ControlInput, item, what)
+    return ControlInput(control.code, control.title, control.description or "")
 
 
 @routes.post("/api/controls")
@@ -123,9 +112,8 @@ async def create_controls(request: web.Request) -> web.Response:
 
 @routes.post("/api/gap-analysis/mappings")
 async def create_mapping(request: web.Request) -> web.Response:
-    data = await parse.json_object(request)
-    requirement_id = parse.id_field(data, "requirementId")
-    document_id = parse.id_field(data, "documentId")
+    body = await parse.json_shape(request, shapes.MappingInput)
+    requirement_id, document_id = body.requirement_id, body.document_id
     try:
         row = await request.app[ENTITIES].create_mapping(requirement_id, document_id)
     except asyncpg.ForeignKeyViolationError as exc:

@@ -14,7 +14,7 @@ from service.ai.dispatch import (
     NotAnalysable,
     RateLimited,
 )
-from service.api import parse, render
+from service.api import parse, render, shapes
 from service.api.auth import identity_of
 from service.api.errors import ApiError, bad_request, not_found
 from service.api.state import DISPATCHER, JOB_READS, JOBS, METRICS
@@ -132,7 +132,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise bad_request(f"'jobType' must be one of {', '.join(JOB_TYPES)}", "invalid_query")
     entity_id = None
     if request.query.get("entityId"):
-        entity_id = parse.query_int(request, "entityId", 0, 1, parse.MAX_BIGINT)
+        entity_id = parse.query_int(request, "entityId", 0, 1, shapes.MAX_BIGINT)
     limit = parse.query_int(request, "limit", 50, 1, 500)
     identity = identity_of(request)
     async with request.app[JOBS].reader(reader_scope(request)) as reader:

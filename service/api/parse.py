@@ -1,18 +1,24 @@
-"""Request parsing: every malformed input becomes a 400 with a message that says why."""
+"""Request parsing: every malformed input becomes a 400 with a message that says why.
+
+Bodies are validated against their shapes (service/api/shapes.py) after orjson has read them,
+so that what counts as JSON, and the words for what is not, stay ours."""
 
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from service.api.errors import ApiError, bad_request
+from service.api.shapes import MAX_BIGINT, PRIORITY_RANGE, DispatchOptions, Shape
 from service.api.state import SETTINGS
 
-MAX_BIGINT = 2**63 - 1
+S = TypeVar("S", bound=Shape)
 
 
 def path_id(request: web.Request, name: str = "id", what: str = "id") -> int:
@@ -76,50 +82,43 @@ async def json_body(request: web.Request, limit: int | None = None) -> Any:
         raise not_json(request) from None
 
 
-async def json_object(request: web.Request, limit: int | None = None) -> dict[str, Any]:
-    data = await json_body(request, limit)
+def validated(shape: type[S], data: Any, what: str = "The request body") -> S:
+    """`data` as `shape`, or a 400 that names the first field in error and what to send;
+    pydantic's own words never reach the client."""
     if not isinstance(data, dict):
-        raise bad_request("The request body must be a JSON object", "invalid_body")
-    return data
+        raise bad_request(f"{what} must be a JSON object", "invalid_body")
+    try:
+        return shape.model_validate(data)
+    except ValidationError as exc:
+        raise bad_request(field_error(exc.errors()[0]), "validation_error") from None
 
 
-def text_field(
-    data: dict[str, Any],
-    name: str,
-    *,
-    required: bool = True,
-    allow_empty: bool = False,
-    max_length: int = 10_000,
-    default: str = "",
-) -> str:
-    if name not in data or data[name] is None:
-        if required:
-            raise bad_request(f"'{name}' is required", "validation_error")
-        return default
-    value = data[name]
-    if not isinstance(value, str):
-        raise bad_request(f"'{name}' must be a string", "validation_error")
-    if not allow_empty and not value.strip():
-        raise bad_request(f"'{name}' must not be empty", "validation_error")
-    if len(value) > max_length:
-        raise bad_request(f"'{name}' is longer than {max_length} characters", "validation_error")
-    if "\x00" in value:
-        raise bad_request(f"'{name}' contains a NUL character", "validation_error")
-    return value
+def field_error(error: ErrorDetails) -> str:
+    """What was wrong with a field, in our words."""
+    field = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if kind == "missing" or (kind.endswith("_type") and error["input"] is None):
+        return f"'{field}' is required"
+    said = _FIELD_ERRORS.get(kind)
+    if said is None:
+        return f"'{field}' is not valid; the fields are described at GET /api/openapi.json"
+    return f"'{field}' " + said.format(**error.get("ctx", {}))
 
 
-def id_field(data: dict[str, Any], name: str) -> int:
-    if name not in data or data[name] is None:
-        raise bad_request(f"'{name}' is required", "validation_error")
-    value = data[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"'{name}' must be an integer id", "validation_error")
-    if value < 1 or value > MAX_BIGINT:
-        raise bad_request(f"'{name}' is out of range", "validation_error")
-    return value
+_FIELD_ERRORS = {
+    "string_type": "must be a string",
+    "int_type": "must be an integer id",
+    "greater_than_equal": "is out of range",
+    "less_than_equal": "is out of range",
+    "text_blank": "must not be empty",
+    "text_too_long": "is longer than {max_length} characters",
+    "text_nul": "contains a NUL character",
+}
 
 
-PRIORITY_RANGE = (-10, 10)
+async def json_shape(request: web.Request, shape: type[S], limit: int | None = None) -> S:
+    """The JSON body as `shape`; bodies over `limit` bytes (default AIJOBS_MAX_BODY) get 413."""
+    return validated(shape, await json_body(request, limit))
 
 
 async def dispatch_priority(request: web.Request) -> int:
@@ -135,17 +134,15 @@ async def dispatch_priority(request: web.Request) -> int:
         raise bad_request(
             'The request body must be a JSON object, such as {"priority": 5}', "invalid_body"
         )
-    if "priority" not in data:
-        return 0
-    value = data["priority"]
-    lo, hi = PRIORITY_RANGE
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+    try:
+        return DispatchOptions.model_validate(data).priority
+    except ValidationError:
+        lo, hi = PRIORITY_RANGE
         raise bad_request(
             f"'priority' must be an integer from {lo} to {hi} (higher runs first), "
-            f"got {orjson.dumps(value).decode()}",
+            f"got {orjson.dumps(data['priority']).decode()}",
             "invalid_priority",
-        )
-    return value
+        ) from None
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from service.api import parse, render
+from service.api import parse, render, shapes
 from service.api.auth import DEV_IDENTITY, SESSION_PATH, VERIFIED_TOKENS, check_origin
 from service.api.cors import own_origins
 from service.api.state import SETTINGS
@@ -31,8 +31,7 @@ async def sign_in(request: web.Request) -> web.Response:
     """Verify the token and keep it in the session cookie."""
     check_origin(request)
     settings = request.app[SETTINGS]
-    data = await parse.json_object(request)
-    token = parse.text_field(data, "accessToken", max_length=16_384)
+    token = (await parse.json_shape(request, shapes.SessionInput)).access_token
     if settings.jwt_secret is None:
         identity, expires = DEV_IDENTITY, None
     else:

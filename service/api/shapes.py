@@ -91,7 +91,7 @@ Usage = Annotated[dict[str, Any], WithJsonSchema({"type": "object"})]
 
 
 class Shape(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, strict=True)
+    model_config = ConfigDict(alias_generator=to_camel, strict=True)
 
 
 # -- request bodies ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from service.api import parse, render
+from service.api import parse, render, shapes
 from service.api.auth import identity_of
 from service.api.errors import ApiError, bad_request, not_found
 from service.api.jobs import visible_job
@@ -41,7 +41,7 @@ def _resume_after(request: web.Request) -> int | None:
     if raw is None or not raw.strip():
         return None
     raw = raw.strip()
-    if not raw.isascii() or not raw.isdigit() or int(raw) > parse.MAX_BIGINT:
+    if not raw.isascii() or not raw.isdigit() or int(raw) > shapes.MAX_BIGINT:
         raise bad_request(
             f"Last-Event-ID must be an event id from this stream, got {raw!r}", "invalid_event_id"
         )
