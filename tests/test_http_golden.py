@@ -246,6 +246,29 @@ async def test_answers_are_the_golden_ones(
 
     # Jobs: read, listed, cancelled, with progress and a result.
     job_ids = [r["id"] for r in await pool.fetch("SELECT id FROM ai_jobs ORDER BY created_at")]
+    # And the entities an analysis has written to.
+    await pool.execute(
+        "INSERT INTO document_control_mappings (document_id, control_id, confidence, rationale,"
+        " job_id) VALUES (1, 1, 90, 'MFA is required', $1), (1, 2, 40, '', NULL)",
+        job_ids[2],
+    )
+    await pool.execute(
+        "UPDATE requirements SET coverage_score = 70, coverage_summary = 'Partly',"
+        ' coverage_gaps = \'["Reviews"]\', coverage_documents = \'[{"documentId": 1,'
+        ' "score": 70}]\', coverage_analyzed_at = now() WHERE id = 1'
+    )
+    await pool.execute(
+        "UPDATE requirement_mappings SET ai_match_score = 55, ai_match_rationale = 'Some',"
+        " ai_match_recommendations = '[\"More\"]', ai_matched_at = now() WHERE id = 1"
+    )
+    for path in (
+        "/api/documents/1/controls",
+        "/api/requirements/1",
+        "/api/requirements",
+        "/api/gap-analysis/mappings/1",
+        "/api/gap-analysis/mappings",
+    ):
+        await ask("GET", path)
     await pool.execute(
         "UPDATE ai_jobs SET progress_current = 1, progress_total = 3,"
         " progress_message = 'Analyzing batch 1 of 3...' WHERE id = $1",
