@@ -71,9 +71,8 @@ async def _dispatch(request: web.Request, job_type: str, what: str) -> web.Respo
         raise ApiError(422, "idempotency_key_reused", str(exc)) from None
     if job.created:
         request.app[METRICS].jobs_dispatched.labels(job_type).inc()
-    job_id = str(job.job_id)
     return render.json_response(
-        {"jobId": job_id, "status": job.status}, 202, {"Location": f"/api/ai-jobs/{job_id}"}
+        render.dispatched_json(job), 202, {"Location": f"/api/ai-jobs/{job.job_id}"}
     )
 
 

@@ -1,14 +1,19 @@
-"""JSON bodies with camelCase keys."""
+"""JSON bodies with camelCase keys: each answer's keys are its shape's (service/api/shapes.py),
+its values the row's or the job's, written by orjson."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, get_args
 
 import orjson
 from aiohttp import web
 
+from service.ai.dispatch import Dispatched
+from service.api import shapes
+from service.api.shapes import Shape
 from service.jobs.model import Job
 
 
@@ -56,108 +61,65 @@ def known_job_tags(request: web.Request) -> tuple[str, ...]:
     return tuple(known)
 
 
-def job_json(job: Job) -> dict[str, Any]:
-    progress = None
-    if job.progress_total is not None or job.progress_current is not None:
-        progress = {"current": job.progress_current, "total": job.progress_total}
-    return {
-        "id": str(job.id),
-        "jobType": job.job_type,
-        "entityId": job.entity_id,
-        "status": job.status,
-        "progressMessage": job.progress_message,
-        "progress": progress,
-        "result": job.result,
-        "errorMessage": job.error_message,
-        "attempts": job.attempts,
-        "maxAttempts": job.max_attempts,
-        "priority": job.priority,
-        "runAfter": job.run_after,
-        "startedAt": job.started_at,
-        "finishedAt": job.finished_at,
-        "createdAt": job.created_at,
-        "updatedAt": job.updated_at,
-    }
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
-def requirement_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "code": row["code"],
-        "title": row["title"],
-        "description": row["description"],
-        "coverageScore": row["coverage_score"],
-        "coverageSummary": row["coverage_summary"],
-        "coverageGaps": row["coverage_gaps"],
-        "coverageDocuments": row["coverage_documents"],
-        "coverageAnalyzedAt": row["coverage_analyzed_at"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-    }
+def _renderer(
+    shape: type[Shape], read: str, made: Mapping[str, Callable[[Any], Any]] | None = None
+) -> Callable[[Any], dict[str, Any]]:
+    """A function of one argument, `item`, that returns the JSON of `shape` with each field
+    read as `read` says ("item[{name!r}]" from a row, "item.{name}" from an object) or, for
+    a field `made` of others, by its function. UUIDs are written as text (orjson takes
+    uuid.UUID but not asyncpg's own).
+
+    The function is compiled from the shape, a dict display as a hand-written one would be:
+    the job's is on the path of every poll and of every event of a stream."""
+    namespace: dict[str, Any] = {"_text": _text, "str": str}
+    entries = []
+    for name, field in shape.model_fields.items():
+        value = read.format(name=name)
+        if made and name in made:
+            namespace[f"_made_{name}"] = made[name]
+            value = f"_made_{name}(item)"
+        elif field.annotation is uuid.UUID:
+            value = f"str({value})"
+        elif uuid.UUID in get_args(field.annotation):
+            value = f"_text({value})"
+        entries.append(f"{field.alias or name!r}: {value}")
+    source = f"def render(item):\n    return {{{', '.join(entries)}}}\n"
+    exec(compile(source, f"<renderer of {shape.__name__}>", "exec"), namespace)
+    return namespace["render"]  # type: ignore[no-any-return]
 
 
-def document_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "title": row["title"],
-        "content": row["content"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-    }
+def row_renderer(shape: type[Shape]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """The JSON of a database row as `shape`: its fields, in order, read by name."""
+    return _renderer(shape, "item[{name!r}]")
 
 
-def control_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "code": row["code"],
-        "title": row["title"],
-        "description": row["description"],
-        "createdAt": row["created_at"],
-    }
+def object_renderer(
+    shape: type[Shape], made: Mapping[str, Callable[[Any], Any]] | None = None
+) -> Callable[[Any], dict[str, Any]]:
+    """The JSON of an object as `shape`: its fields, in order, read as attributes, but for
+    those `made` of others."""
+    return _renderer(shape, "item.{name}", made)
 
 
-def mapping_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "requirementId": row["requirement_id"],
-        "documentId": row["document_id"],
-        "aiMatchScore": row["ai_match_score"],
-        "aiMatchRationale": row["ai_match_rationale"],
-        "aiMatchRecommendations": row["ai_match_recommendations"],
-        "aiMatchedAt": row["ai_matched_at"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-    }
+def _progress(job: Job) -> dict[str, Any] | None:
+    if job.progress_total is None and job.progress_current is None:
+        return None
+    return {"current": job.progress_current, "total": job.progress_total}
 
 
-def document_control_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "controlId": row["control_id"],
-        "code": row["code"],
-        "title": row["title"],
-        "confidence": row["confidence"],
-        "rationale": row["rationale"],
-        "jobId": str(row["job_id"]) if row["job_id"] else None,
-        "createdAt": row["created_at"],
-    }
-
-
-def document_summary_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A document in a list: its content's length stands for the content."""
-    return {
-        "id": row["id"],
-        "title": row["title"],
-        "length": row["length"],
-        "createdAt": row["created_at"],
-        "updatedAt": row["updated_at"],
-    }
-
-
-def mapping_summary_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A mapping in a list, with what a person needs to recognise it."""
-    return {
-        **mapping_json(row),
-        "requirementCode": row["requirement_code"],
-        "requirementTitle": row["requirement_title"],
-        "documentTitle": row["document_title"],
-    }
+job_json: Callable[[Job], dict[str, Any]] = object_renderer(shapes.Job, {"progress": _progress})
+dispatched_json: Callable[[Dispatched], dict[str, Any]] = object_renderer(shapes.Dispatched)
+requirement_json = row_renderer(shapes.Requirement)
+document_json = row_renderer(shapes.Document)
+control_json = row_renderer(shapes.Control)
+mapping_json = row_renderer(shapes.Mapping)
+document_control_json = row_renderer(shapes.DocumentControl)
+# In a list, a document's content's length stands for the content.
+document_summary_json = row_renderer(shapes.DocumentSummary)
+# In a list, a mapping comes with what a person needs to recognise it.
+mapping_summary_json = row_renderer(shapes.MappingSummary)
+session_json = row_renderer(shapes.Session)

@@ -37,12 +37,12 @@ async def sign_in(request: web.Request) -> web.Response:
     else:
         identity = request.app[VERIFIED_TOKENS].verify(token, settings.jwt_secret)
         expires = int(identity.claims["exp"])
-    body = {
-        "userId": identity.user_id,
+    session = {
+        "user_id": identity.user_id,
         "role": identity.role,
-        "expiresAt": None if expires is None else datetime.fromtimestamp(expires, UTC).isoformat(),
+        "expires_at": None if expires is None else datetime.fromtimestamp(expires, UTC),
     }
-    response = render.json_response(body)
+    response = render.json_response(render.session_json(session))
     if expires is not None:
         response.set_cookie(
             settings.auth_cookie,
