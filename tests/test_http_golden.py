@@ -16,8 +16,11 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 
+from service.api import parse, shapes
+from service.api.errors import ApiError
 from service.api.openapi import build_document
 from service.entities.store import EntityStore
 from tests.conftest import DOCUMENT, seed_controls, token_for
@@ -308,3 +311,41 @@ async def test_answers_are_the_golden_ones(
     await ask("GET", "/healthz")
 
     _compare("answers.json", answers)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        shapes.RequirementInput,
+        shapes.DocumentInput,
+        shapes.ControlInput,
+        shapes.MappingInput,
+        shapes.SessionInput,
+    ],
+)
+def test_every_wrong_field_is_told_in_our_words(shape: type[shapes.Shape]) -> None:
+    """Whatever a field holds, a refused body names the field and what to send, in one of the
+    API's own sentences: no pydantic wording reaches a client."""
+    ours = re.compile(
+        r"'(\w+)' (is required|must be a string|must be an integer id|is out of range"
+        r"|must not be empty|is longer than [0-9]+ characters|contains a NUL character)"
+    )
+    good = {
+        "code": "C",
+        "title": "T",
+        "content": "",
+        "requirementId": 1,
+        "documentId": 1,
+        "accessToken": "t",
+    }
+    wrong: list[object] = [None, True, 1.5, -1, 0, 2**64, "", " ", "\x00", "x" * 3_000_000]
+    wrong += [[], {}, [1], {"a": 1}, "1"]
+    for name in (field.alias for field in shape.model_fields.values()):
+        for value in wrong:
+            body = {key: good[key] for key in good if key != name} | {name: value}
+            try:
+                parse.validated(shape, body)
+            except ApiError as exc:
+                assert exc.status == 400 and exc.code == "validation_error"
+                told = ours.fullmatch(exc.message)
+                assert told is not None and told[1] == name, (name, value, exc.message)

@@ -23,7 +23,9 @@ from service.jobs.store import JobRead
 
 routes = web.RouteTableDef()
 
-STATUSES = ("pending", "processing", "completed", "failed")
+# GET /api/ai-jobs?limit=
+JOBS_LIMIT_DEFAULT = 50
+JOBS_LIMIT_MAX = 500
 
 
 def reader_scope(request: web.Request) -> dict[str, object] | None:
@@ -124,15 +126,15 @@ async def cancel_job(request: web.Request) -> web.Response:
 @routes.get("/api/ai-jobs")
 async def list_jobs(request: web.Request) -> web.Response:
     status = request.query.get("status") or None
-    if status is not None and status not in STATUSES:
-        raise bad_request(f"'status' must be one of {', '.join(STATUSES)}", "invalid_query")
+    if status is not None and status not in shapes.STATUSES:
+        raise bad_request(f"'status' must be one of {', '.join(shapes.STATUSES)}", "invalid_query")
     job_type = request.query.get("jobType") or None
     if job_type is not None and job_type not in JOB_TYPES:
         raise bad_request(f"'jobType' must be one of {', '.join(JOB_TYPES)}", "invalid_query")
     entity_id = None
     if request.query.get("entityId"):
         entity_id = parse.query_int(request, "entityId", 0, 1, shapes.MAX_BIGINT)
-    limit = parse.query_int(request, "limit", 50, 1, 500)
+    limit = parse.query_int(request, "limit", JOBS_LIMIT_DEFAULT, 1, JOBS_LIMIT_MAX)
     identity = identity_of(request)
     async with request.app[JOBS].reader(reader_scope(request)) as reader:
         jobs = await reader.list_jobs(

@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 description of the HTTP API, served at /api/openapi.json.
 
-The description is data kept here, beside the handlers it describes: tests/test_openapi.py
-checks that it covers every route, and runs schemathesis against a live server to keep it true.
+The schemas of request bodies and answers are derived from their shapes (service/api/shapes.py),
+which validation and rendering use too; the operations (paths, parameters, statuses, headers)
+are data kept here, beside the handlers they describe. tests/test_openapi.py checks that it
+covers every route, and runs schemathesis against a live server to keep it true.
 """
 
 from __future__ import annotations
@@ -18,12 +20,10 @@ from pydantic_core import core_schema
 
 from service.api import shapes
 from service.api.entities import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, MAX_CONTROLS_PER_REQUEST
+from service.api.jobs import JOBS_LIMIT_DEFAULT, JOBS_LIMIT_MAX
 from service.api.sse import RETRY_MS
 
 PATH = "/api/openapi.json"
-# GET /api/ai-jobs?limit=
-JOBS_LIMIT_DEFAULT = 50
-JOBS_LIMIT_MAX = 500
 
 routes = web.RouteTableDef()
 
@@ -105,7 +105,7 @@ def _definitions() -> dict[str, Schema]:
             defs[name] = schema
     for schema in defs.values():
         schema.pop("title", None)
-        if "properties" in schema:
+        if "properties" in schema:  # said even when empty
             schema.setdefault("required", [])
         if "description" in schema:  # a docstring, one paragraph
             schema["description"] = " ".join(schema["description"].split("\n"))

@@ -9,8 +9,8 @@ them (snake_case) and answer to their camelCase name on the wire. From these def
   read from a row or a job;
 - the OpenAPI document's schemas (service/api/openapi.py).
 
-Constraints are spelled as the handlers check them: text that the API stores holds no NUL
-and, unless it may be blank, a character that is not white space.
+Text that the API stores holds no NUL and, unless it may be blank, a character that is not
+white space; the OpenAPI document says so with a pattern.
 """
 
 from __future__ import annotations
@@ -84,6 +84,9 @@ class StoredText:
         return value
 
 
+Code = Annotated[StrictStr, StoredText(100)]
+Title = Annotated[StrictStr, StoredText(1000)]
+Description = Annotated[StrictStr, StoredText(50_000, blank=True)]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_BIGINT, json_schema_extra={"format": "int64"})]
 Score = Annotated[int, Field(ge=0, le=100)]
 # Model calls and tokens spent, as the processor counted them.
@@ -108,22 +111,22 @@ class DispatchOptions(Shape):
 
 
 class RequirementInput(Shape):
-    code: Annotated[StrictStr, StoredText(100)]
-    title: Annotated[StrictStr, StoredText(1000)]
-    description: Annotated[StrictStr, StoredText(50_000, blank=True)] | None = None
+    code: Code
+    title: Title
+    description: Description | None = None
 
 
 class DocumentInput(Shape):
-    title: Annotated[StrictStr, StoredText(1000)]
+    title: Title
     content: Annotated[StrictStr, StoredText(MAX_DOCUMENT_CHARS, blank=True)] = Field(
         description="May be empty; an empty document cannot be analysed"
     )
 
 
 class ControlInput(Shape):
-    code: Annotated[StrictStr, StoredText(100)]
-    title: Annotated[StrictStr, StoredText(1000)]
-    description: Annotated[StrictStr, StoredText(50_000, blank=True)] | None = None
+    code: Code
+    title: Title
+    description: Description | None = None
 
 
 class MappingInput(Shape):
