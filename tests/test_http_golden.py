@@ -40,7 +40,7 @@ HEADERS = (
     "WWW-Authenticate",
 )
 _UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_TIME = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(?:\+00:00|Z)")
+_TIME = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+\+00:00")
 _ETAG = re.compile(rb'"j([0-9]+)\.[0-9]+-[0-9]+"')
 
 
