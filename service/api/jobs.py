@@ -73,9 +73,8 @@ async def _dispatch(request: web.Request, job_type: str, what: str) -> web.Respo
         raise ApiError(422, "idempotency_key_reused", str(exc)) from None
     if job.created:
         request.app[METRICS].jobs_dispatched.labels(job_type).inc()
-    return render.json_response(
-        render.dispatched_json(job), 202, {"Location": f"/api/ai-jobs/{job.job_id}"}
-    )
+    body = render.dispatched_json(job)
+    return render.json_response(body, 202, {"Location": f"/api/ai-jobs/{body['jobId']}"})
 
 
 @routes.post("/api/gap-analysis/ai-match/{id}")

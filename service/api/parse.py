@@ -107,7 +107,7 @@ def field_error(error: ErrorDetails) -> str:
 
 _FIELD_ERRORS = {
     "string_type": "must be a string",
-    "int_type": "must be an integer id",
+    "int_type": "must be an integer id",  # the integers of bodies are ids (but priority's)
     "greater_than_equal": "is out of range",
     "less_than_equal": "is out of range",
     "text_blank": "must not be empty",
