@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from service.ai.dispatch import Dispatched
+from service.ai.processors import partial_result
 from service.api import shapes
 from service.api.shapes import Shape
 from service.jobs.model import Job
@@ -30,7 +31,7 @@ def json_response(
 
 # The version of job_json's output, part of every job's ETag: change it when a job's JSON
 # changes shape, so that a client holding a rendering of the former code gets the new one.
-JOB_JSON_VERSION = "2"
+JOB_JSON_VERSION = "3"
 _TAG_PREFIX = f"j{JOB_JSON_VERSION}."
 # A job's tag in the database: the row version's transaction id and updated_at.
 _DB_TAG = re.compile(r"[0-9]+-[0-9]+")
@@ -111,7 +112,16 @@ def _progress(job: Job) -> dict[str, Any] | None:
     return {"current": job.progress_current, "total": job.progress_total}
 
 
-job_json: Callable[[Job], dict[str, Any]] = object_renderer(shapes.Job, {"progress": _progress})
+def _partial_result(job: Job) -> dict[str, Any] | None:
+    """What a running job has found so far; null once it has its result."""
+    if job.result is not None or job.checkpoint is None:
+        return None
+    return partial_result(job.job_type, job.checkpoint)
+
+
+job_json: Callable[[Job], dict[str, Any]] = object_renderer(
+    shapes.Job, {"progress": _progress, "partial_result": _partial_result}
+)
 dispatched_json: Callable[[Dispatched], dict[str, Any]] = object_renderer(shapes.Dispatched)
 requirement_json = row_renderer(shapes.Requirement)
 document_json = row_renderer(shapes.Document)

@@ -283,6 +283,15 @@ class MapControlsResult(TypedDict):
     usage: NotRequired[Annotated[Usage, Field(description=_SPENT)]]
 
 
+class MapControlsPartialResult(Shape):
+    """What the finished batches of a running ai-map-controls job have found."""
+
+    mapped_controls: list[MappedControl] = Field(
+        description="As the result's will be: each control once, with its best confidence"
+    )
+    batches_done: int = Field(ge=1, description="Model calls done (as `progress.current`)")
+
+
 class Job(Shape):
     """`entityId` is a mapping id for ai-match, a requirement id for ai-coverage and a document
     id for ai-map-controls. Clients stop polling on `completed` and `failed`; a cancelled job is
@@ -296,6 +305,11 @@ class Job(Shape):
     progress: Progress | None
     result: MatchResult | CoverageResult | MapControlsResult | None = Field(
         description="Null until the job completes; then the result of its job type"
+    )
+    partial_result: MapControlsPartialResult | None = Field(
+        description="While an ai-map-controls job runs: the controls mapped by the batches "
+        "finished so far and how many batches are done. Null for the other job types, before "
+        "the first batch is done, and once the job has its `result`"
     )
     error_message: str | None
     attempts: int = Field(ge=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from service.ai.accounting import JobMeter, JobUsage, UsageLedger
 from service.ai.analyzer import Analyzer, Meter, NoMeter, Usage
@@ -72,6 +72,18 @@ def analyzer_fields(deps: ProcessorDeps, job_type: str, usage: JobUsage) -> dict
         "model": deps.analyzer.model_for(job_type),
         "usage": usage.as_json(),
     }
+
+
+def partial_result(job_type: str, checkpoint: Any) -> dict[str, Any] | None:
+    """What a running job has found so far, from its checkpoint; None for a job type that
+    shows nothing before its result."""
+    if checkpoint is None:
+        return None
+    from service.ai.processors import map_controls
+
+    if job_type == map_controls.JOB_TYPE:
+        return map_controls.partial_result(checkpoint)
+    return None
 
 
 def build_registry(deps: ProcessorDeps, timeouts: Mapping[str, float]) -> Registry:

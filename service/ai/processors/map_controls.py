@@ -9,6 +9,7 @@ asks only for the batches that are missing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from service.ai.analyzer import MAP_CONTROLS, ControlText, DocumentText, Usage
@@ -36,6 +37,31 @@ def _decode(saved: Any) -> list[ControlMatchRow]:
 
 
 _CODEC: Codec[list[ControlMatchRow]] = Codec(_encode, _decode)
+
+
+def _best(answers: Iterable[list[ControlMatchRow]]) -> list[ControlMatchRow]:
+    """Each control once, with the highest confidence any call gave it; most confident first."""
+    best: dict[int, ControlMatchRow] = {}
+    for matches in answers:
+        for match in matches:
+            current = best.get(match.control_id)
+            if current is None or match.confidence > current.confidence:
+                best[match.control_id] = match
+    return sorted(best.values(), key=lambda m: (-m.confidence, m.control_id))
+
+
+def partial_result(checkpoint: Any) -> dict[str, Any] | None:
+    """What the calls finished so far have found, from the job's checkpoint (see
+    service.ai.batches): the controls mapped as `mappedControls` will map them, and how many
+    batches are done. None before the first batch is done, or for a job of one call."""
+    done = checkpoint.get("done") if isinstance(checkpoint, dict) else None
+    if not isinstance(done, dict) or not done:
+        return None
+    try:
+        matches = _best(_decode(saved) for saved in done.values())
+    except (KeyError, TypeError):
+        return None  # a checkpoint of another shape: nothing to show
+    return {"mappedControls": _encode(matches), "batchesDone": len(done)}
 
 
 def processor(deps: ProcessorDeps) -> Processor:
@@ -86,13 +112,7 @@ def processor(deps: ProcessorDeps) -> Processor:
             [(c.id, c.code, c.title, c.description) for c in controls],
             size,
         )
-        best: dict[int, ControlMatchRow] = {}
-        for matches in answers.values():
-            for match in matches:
-                current = best.get(match.control_id)
-                if current is None or match.confidence > current.confidence:
-                    best[match.control_id] = match
-        matches = sorted(best.values(), key=lambda m: (-m.confidence, m.control_id))
+        matches = _best(answers.values())
         job_id = ctx.job.id
 
         async def apply(conn: Connection) -> None:
