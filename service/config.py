@@ -250,6 +250,9 @@ class Settings:
     # At most this many of one user's jobs run at once across the fleet; None: no cap.
     user_concurrency: int | None = None
     map_controls_batch_size: int = 25
+    # Model calls stream, and the text of their answers reaches event stream followers as it
+    # is written (`event: delta`); off: calls answer whole, and no text is sent or heard.
+    stream_deltas: bool = True
 
     # HTTP API.
     host: str = "127.0.0.1"
@@ -402,6 +405,7 @@ class Settings:
             retry_max_s=_float(e, "AIJOBS_RETRY_MAX", defaults.retry_max_s),
             max_wait_s=_float(e, "AIJOBS_MAX_WAIT", defaults.max_wait_s, 1.0),
             fair_share=_switch(e, "AIJOBS_FAIR_SHARE", defaults.fair_share),
+            stream_deltas=_switch(e, "AIJOBS_STREAM_DELTAS", defaults.stream_deltas),
             user_concurrency=_optional_int(e, "AIJOBS_USER_CONCURRENCY", 1),
             map_controls_batch_size=_int(
                 e, "AIJOBS_MAP_CONTROLS_BATCH_SIZE", defaults.map_controls_batch_size, 1

@@ -25,6 +25,7 @@ from service.db.pool import connect, create_pool
 from service.entities.store import EntityStore
 from service.jobs.actor import RetryPolicy
 from service.jobs.store import JobStore
+from service.jobs.text import TextPublisher
 from service.jobs.worker import Worker, WorkerOptions
 from service.logs import get_logger
 from service.metrics import Metrics
@@ -176,6 +177,7 @@ async def running_worker(
             build_registry(deps, {t: settings.timeout_for(t) for t in JOB_TYPES}),
             worker_options(settings, concurrency),
             metrics=metrics,
+            text=TextPublisher(pool) if settings.stream_deltas else None,
         )
         await worker.start()
         http = await _serve_worker_ops(settings, pool, worker)

@@ -69,6 +69,15 @@ DEFAULT_TEXT = "This is a reply from the fake Anthropic server."
 NO_TOOL_TEXT = "I looked at the request and have nothing structured to add."
 REFUSAL_TEXT = "I can't help with that request."
 UNLIMITED_RPM = 1_000_000
+# A streamed reply is written in pieces of whole words, of about this many characters.
+STREAM_PIECE_CHARS = 32
+# With ``stamp_words``, the top-level string values of a tool input are made of these
+# placeholders, each replaced by the wall clock time (``T`` and 17 characters, seconds since
+# the epoch) at the moment the piece holding it is written: a follower of the text can tell
+# how long each word took to reach it.
+STAMP_PLACEHOLDER = "T" + "#" * 17
+_STAMP = re.compile(re.escape(STAMP_PLACEHOLDER))
+_STREAM_WORDS = re.compile(r"\S+\s*|\s+")
 WINDOW_SECONDS = 60.0
 
 _ERROR_TYPES: dict[int, str] = {
@@ -110,6 +119,11 @@ class Reply:
 
     tool_input: JSONDict | None = None
     text: str | None = None
+    # Streamed, the reply stops after this many characters of its content until the event
+    # is set: a test's way to look at an answer half written.
+    hold: tuple[int, asyncio.Event] | None = None
+    # Streamed, the connection is cut once this many characters of the content are sent.
+    cut_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -144,10 +158,15 @@ class Error:
 
 @dataclass(frozen=True)
 class Delay:
-    """Wait ``seconds`` before answering with ``then``."""
+    """Wait ``seconds`` before answering with ``then``.
+
+    ``paced``: a streamed reply is not held back but written over ``seconds``, its pieces
+    evenly spread, as a model writes its answer (a reply that is not streamed still waits).
+    """
 
     seconds: float
     then: Behaviour = field(default_factory=Reply)
+    paced: bool = False
 
 
 MalformedKind: TypeAlias = Literal["missing_field", "wrong_type", "no_tool", "invalid_json_body"]
@@ -732,8 +751,10 @@ class FakeAnthropic:
         default: Behaviour | None = None,
         responder: Responder | None = None,
         require_api_key: bool = True,
+        stamp_words: int = 0,
     ) -> None:
         self.default: Behaviour = default if default is not None else Reply()
+        self.stamp_words = stamp_words
         self.responder: Responder | None = responder
         self.require_api_key = require_api_key
         self.requests: list[RecordedRequest] = []
@@ -1057,10 +1078,15 @@ class FakeAnthropic:
         request: web.Request,
         body: JSONDict,
         limit_headers: dict[str, str],
+        pace_s: float = 0.0,
     ) -> web.StreamResponse:
         if isinstance(behaviour, Flaky):
-            return await self._apply(behaviour.pick(), request, body, limit_headers)
+            return await self._apply(behaviour.pick(), request, body, limit_headers, pace_s)
         if isinstance(behaviour, Delay):
+            if behaviour.paced and body.get("stream"):
+                return await self._apply(
+                    behaviour.then, request, body, limit_headers, pace_s=behaviour.seconds
+                )
             await asyncio.sleep(behaviour.seconds)
             return await self._apply(behaviour.then, request, body, limit_headers)
         if isinstance(behaviour, Error):
@@ -1079,7 +1105,9 @@ class FakeAnthropic:
             )
         message = await self._build_message(behaviour, body)
         if body.get("stream"):
-            return await self._stream(request, message, headers)
+            hold = behaviour.hold if isinstance(behaviour, Reply) else None
+            cut = behaviour.cut_after if isinstance(behaviour, Reply) else None
+            return await self._stream(request, message, headers, pace_s, hold, cut)
         return web.json_response(message, headers=headers)
 
     async def _call_responder(self, body: JSONDict) -> JSONDict | str | None:
@@ -1126,6 +1154,9 @@ class FakeAnthropic:
         else:
             answer = await self._call_responder(body)
             payload = answer if isinstance(answer, dict) else example_from_schema(schema)
+            if self.stamp_words and isinstance(payload, dict):
+                stamps = " ".join([STAMP_PLACEHOLDER] * self.stamp_words)
+                payload = {k: stamps if isinstance(v, str) else v for k, v in payload.items()}
         if isinstance(behaviour, Malformed) and behaviour.kind == "missing_field":
             payload = _drop_required(payload, schema)
         elif isinstance(behaviour, Malformed) and behaviour.kind == "wrong_type":
@@ -1236,7 +1267,13 @@ class FakeAnthropic:
         await response.write(f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode())
 
     async def _stream(
-        self, request: web.Request, message: JSONDict, headers: Mapping[str, str]
+        self,
+        request: web.Request,
+        message: JSONDict,
+        headers: Mapping[str, str],
+        pace_s: float = 0.0,
+        hold: tuple[int, asyncio.Event] | None = None,
+        cut_after: int | None = None,
     ) -> web.StreamResponse:
         response = await self._start_stream(request, headers)
         usage = message["usage"]
@@ -1244,6 +1281,7 @@ class FakeAnthropic:
         start["usage"] = {**usage, "output_tokens": 1}
         await self._event(response, {"type": "message_start", "message": start})
         await self._event(response, {"type": "ping"})
+        blocks: list[tuple[int, JSONDict, str, str, list[str]]] = []
         for index, block in enumerate(message["content"]):
             if block["type"] == "tool_use":
                 opening = {**block, "input": {}}
@@ -1253,14 +1291,34 @@ class FakeAnthropic:
                 opening = {**block, "text": ""}
                 text = block.get("text", "")
                 delta_type, delta_key = "text_delta", "text"
+            blocks.append((index, opening, delta_type, delta_key, _stream_pieces(text)))
+        count = sum(len(pieces) for *_, pieces in blocks)
+        interval = pace_s / count if count else 0.0
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        written = 0
+        for index, opening, delta_type, delta_key, pieces in blocks:
             await self._event(
                 response, {"type": "content_block_start", "index": index, "content_block": opening}
             )
-            for offset in range(0, len(text), 32):
-                delta = {"type": delta_type, delta_key: text[offset : offset + 32]}
+            for piece in pieces:
+                if cut_after is not None and written >= cut_after:
+                    if request.transport is not None:
+                        request.transport.abort()
+                    raise asyncio.CancelledError
+                if hold is not None and written >= hold[0]:
+                    await hold[1].wait()
+                    hold = None
+                if interval:
+                    due += interval
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+                if self.stamp_words:
+                    piece = _STAMP.sub(lambda _: f"T{time.time():17.6f}", piece)
+                delta = {"type": delta_type, delta_key: piece}
                 await self._event(
                     response, {"type": "content_block_delta", "index": index, "delta": delta}
                 )
+                written += len(piece)
             await self._event(response, {"type": "content_block_stop", "index": index})
         await self._event(
             response,
@@ -1288,6 +1346,20 @@ class FakeAnthropic:
 # --------------------------------------------------------------------------------------------
 
 
+def _stream_pieces(text: str) -> list[str]:
+    """The pieces a streamed text is written in: whole words, STREAM_PIECE_CHARS or so."""
+    pieces: list[str] = []
+    current = ""
+    for word in _STREAM_WORDS.findall(text):
+        if current and len(current) + len(word) > STREAM_PIECE_CHARS:
+            pieces.append(current)
+            current = ""
+        current += word
+    if current:
+        pieces.append(current)
+    return pieces
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tests.fake_anthropic",
@@ -1302,6 +1374,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--error-rate", type=float, default=0.0, help="fraction of requests answered 529"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --error-rate")
+    parser.add_argument(
+        "--pace",
+        action="store_true",
+        help="a streamed reply is written over --delay rather than after it",
+    )
+    parser.add_argument(
+        "--stamp-words",
+        type=int,
+        default=0,
+        help="top-level strings of tool inputs are this many words, each the time it is sent",
+    )
     return parser.parse_args(argv)
 
 
@@ -1310,8 +1393,8 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.error_rate > 0:
         default = Flaky(args.error_rate, Error(529), Reply(), seed=args.seed)
     if args.delay > 0:
-        default = Delay(args.delay, then=default)
-    fake = FakeAnthropic(default=default)
+        default = Delay(args.delay, then=default, paced=args.pace)
+    fake = FakeAnthropic(default=default, stamp_words=args.stamp_words)
     if args.rpm is not None or args.itpm is not None:
         fake.rate_limit(args.rpm, args.itpm)
     await fake.start(args.host, args.port)

@@ -4,20 +4,36 @@ model's answer as it is written (`event: delta` on the event stream)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from service.ai.partial_json import FieldText
+from service.api.app import create_app
 from service.config import Settings
 from service.entities.store import EntityStore
 from service.jobs.store import JobStore
-from tests.conftest import DOCUMENT, make_settings, seed_controls, wait_for_job
-from tests.fake_anthropic import FakeAnthropic
+from service.jobs.text import TEXT_CHANNEL, TextPiece, decode, encode
+from service.runtime import running_worker
+from tests.conftest import (
+    DOCUMENT,
+    auth_headers,
+    make_settings,
+    seed_controls,
+    wait_for_job,
+    wait_until,
+)
+from tests.fake_anthropic import FakeAnthropic, Reply, _stream_pieces
+from tests.test_api_jobs import make_mapping
 from tests.test_batches import every_third
 from tests.test_processors import dispatch
-from tests.test_sse import Stream
+from tests.test_sse import Stream, blocks
 
 Client = TestClient[Any, Any]
 
@@ -106,3 +122,215 @@ async def test_other_job_types_have_no_partial_result(
     body = await (await client.get(f"/api/ai-jobs/{job_id}")).json()
     assert body["status"] == "completed"
     assert "partialResult" in body and body["partialResult"] is None
+
+
+# -- the model's text as it is written ------------------------------------------------------
+
+
+def deltas_of(raw: bytes) -> list[dict[str, Any]]:
+    """The `delta` events of a stream, in order, each checked to have no id."""
+    found: list[dict[str, Any]] = []
+    whole = raw[: raw.rfind(b"\n\n") + 2]
+    if not whole:
+        return found
+    for block in blocks(whole):
+        if block[0] == ("event", "delta"):
+            assert [name for name, _ in block] == ["event", "data"], block
+            found.append(orjson.loads(block[1][1]))
+    return found
+
+
+def text_of(deltas: list[dict[str, Any]], **stream: Any) -> str:
+    """The text the deltas of one stream add up to, checked to follow on each other."""
+    text = ""
+    for delta in deltas:
+        if all(delta.get(k) == v for k, v in stream.items()):
+            assert delta["offset"] == len(text), (delta, text)
+            text += delta["text"]
+    return text
+
+
+async def read_deltas_until(stream: Stream, wanted: Callable[[list[dict[str, Any]]], bool]) -> None:
+    """Read the stream until its deltas so far satisfy `wanted`."""
+    while not wanted(deltas_of(bytes(stream.raw))):
+        block = await asyncio.wait_for(stream.response.content.readuntil(b"\n\n"), 30)
+        assert block, "the stream ended"
+        stream.raw += block
+
+
+RATIONALE = (
+    'The policy requires "MFA" for remote access\\and reviews access quarterly; '
+    "the owner signs off — écrit à la main 🙂.\nNo gaps in logging."
+)
+
+
+async def test_the_deltas_add_up_to_the_answer_of_each_job_type(
+    worker: Any, client: Client, entities: EntityStore, fake: FakeAnthropic
+) -> None:
+    # ai-match: the rationale.
+    mapping = await make_mapping(entities)
+    fake.enqueue(Reply(tool_input={"score": 72, "rationale": RATIONALE, "recommendations": []}))
+    job_id = await dispatch(client, f"/api/gap-analysis/ai-match/{mapping['id']}")
+    stream = Stream(await client.get(f"/api/ai-jobs/{job_id}/events"))
+    final = (await stream.rest())[-1][1]
+    assert final["status"] == "completed"
+    deltas = deltas_of(bytes(stream.raw))
+    assert {(d["jobId"], d["attempt"], d["field"]) for d in deltas} == {(job_id, 1, "rationale")}
+    assert text_of(deltas) == final["result"]["aiMatchRationale"] == RATIONALE
+    assert fake.requests[-1].body["stream"] is True
+
+    # ai-coverage: the summary, long enough to take several notifications.
+    summary = " ".join(f"word{i} «ünïcode»" for i in range(3_000))
+    fake.enqueue(
+        Reply(
+            tool_input={
+                "coverage_score": 40,
+                "summary": summary,
+                "gaps": ["logging"],
+                "documents": [{"document_id": mapping["document_id"], "score": 40}],
+            }
+        )
+    )
+    job_id = await dispatch(client, f"/api/requirements/{mapping['requirement_id']}/ai-coverage")
+    stream = Stream(await client.get(f"/api/ai-jobs/{job_id}/events"))
+    final = (await stream.rest())[-1][1]
+    assert final["status"] == "completed", final["errorMessage"]
+    deltas = deltas_of(bytes(stream.raw))
+    assert {d["field"] for d in deltas} == {"summary"}
+    assert text_of(deltas) == final["result"]["summary"] == summary
+
+    # ai-map-controls: each control's rationale, by batch.
+    fake.responder = every_third
+    doc = await entities.create_document("Access policy", DOCUMENT)
+    await seed_controls(entities, 50)  # 2 batches
+    job_id = await dispatch(client, f"/api/documents/{doc['id']}/ai-map-controls")
+    stream = Stream(await client.get(f"/api/ai-jobs/{job_id}/events"))
+    final = (await stream.rest())[-1][1]
+    assert final["status"] == "completed", final["errorMessage"]
+    deltas = deltas_of(bytes(stream.raw))
+    mapped = final["result"]["mappedControls"]
+    assert len(mapped) == 16
+    assert {(d["field"], d["part"]) for d in deltas} == {
+        ("rationale", "batch-1"),
+        ("rationale", "batch-2"),
+    }
+    for control in mapped:
+        assert text_of(deltas, controlId=control["controlId"]) == control["rationale"]
+    assert {d["controlId"] for d in deltas} == {c["controlId"] for c in mapped}
+
+
+async def test_a_late_subscriber_first_gets_the_text_so_far(
+    worker: Any, client: Client, entities: EntityStore, fake: FakeAnthropic
+) -> None:
+    mapping = await make_mapping(entities)
+    answer = {"score": 72, "rationale": RATIONALE, "recommendations": []}
+    release = asyncio.Event()
+    fake.enqueue(Reply(tool_input=answer, hold=(60, release)))
+    job_id = await dispatch(client, f"/api/gap-analysis/ai-match/{mapping['id']}")
+    path = f"/api/ai-jobs/{job_id}/events"
+    early = Stream(await client.get(path))
+    # What the model has written when it pauses: the pieces of the answer up to the hold.
+    written, so_far = 0, ""
+    scan = FieldText("rationale")
+    for piece in _stream_pieces(json.dumps(answer)):
+        if written >= 60:
+            break
+        so_far += "".join(p.text for p in scan.feed(piece))
+        written += len(piece)
+    assert 0 < len(so_far) < len(RATIONALE)
+    await read_deltas_until(early, lambda d: text_of(d) == so_far)
+
+    late = Stream(await client.get(path))
+    _, state = await late.next_event()
+    assert state["status"] == "processing"
+    await read_deltas_until(late, lambda d: len(d) >= 1)
+    assert deltas_of(bytes(late.raw))[0] == {
+        "jobId": job_id,
+        "attempt": 1,
+        "field": "rationale",
+        "text": so_far,
+        "offset": 0,
+    }
+
+    release.set()
+    for stream in (early, late):
+        final = (await stream.rest())[-1][1]
+        assert final["status"] == "completed"
+        assert text_of(deltas_of(bytes(stream.raw))) == RATIONALE
+
+
+async def test_a_new_attempt_starts_its_text_afresh(
+    worker: Any, client: Client, entities: EntityStore, fake: FakeAnthropic
+) -> None:
+    mapping = await make_mapping(entities)
+    answer = {"score": 72, "rationale": RATIONALE, "recommendations": []}
+    # The first attempt's stream breaks off halfway through the rationale.
+    fake.enqueue(Reply(tool_input=answer, cut_after=60), Reply(tool_input=answer))
+    job_id = await dispatch(client, f"/api/gap-analysis/ai-match/{mapping['id']}")
+    stream = Stream(await client.get(f"/api/ai-jobs/{job_id}/events"))
+    events = await stream.rest()
+    final = events[-1][1]
+    assert final["status"] == "completed"
+    assert final["attempts"] == 2
+    deltas = deltas_of(bytes(stream.raw))
+    first = text_of(deltas, attempt=1)
+    assert first and RATIONALE.startswith(first) and first != RATIONALE
+    second = [d for d in deltas if d["attempt"] == 2]
+    assert second[0]["offset"] == 0
+    assert text_of(deltas, attempt=2) == RATIONALE
+    # Every delta of the first attempt came before the second's.
+    assert [d["attempt"] for d in deltas] == sorted(d["attempt"] for d in deltas)
+    # A subscriber arriving now gets the second attempt's text only: none, the job is done.
+    again = Stream(await client.get(f"/api/ai-jobs/{job_id}/events"))
+    await again.rest()
+    assert deltas_of(bytes(again.raw)) == []
+
+
+async def test_with_stream_deltas_off_no_text_is_sent(
+    dsn: str, fake: FakeAnthropic, pool: asyncpg.Pool, entities: EntityStore
+) -> None:
+    settings = make_settings(dsn, fake.url, stream_deltas=False)
+    app = create_app(settings, dsn, pool)
+    listener = await asyncpg.connect(dsn)
+    heard: list[str] = []
+    await listener.add_listener(TEXT_CHANNEL, lambda *args: heard.append(args[-1]))
+    try:
+        async with (
+            running_worker(settings, dsn, pool),
+            TestClient(TestServer(app), headers=auth_headers()) as client,
+        ):
+            mapping = await make_mapping(entities)
+            fake.enqueue(
+                Reply(tool_input={"score": 72, "rationale": RATIONALE, "recommendations": []})
+            )
+            job_id = await dispatch(client, f"/api/gap-analysis/ai-match/{mapping['id']}")
+            stream = Stream(await client.get(f"/api/ai-jobs/{job_id}/events"))
+            final = (await stream.rest())[-1][1]
+            assert final["result"]["aiMatchRationale"] == RATIONALE
+            assert deltas_of(bytes(stream.raw)) == []
+            assert not fake.requests[-1].body.get("stream")
+            # A NOTIFY sent after the job's would arrive after it: none of ours came before.
+            await pool.execute("SELECT pg_notify($1, 'end')", TEXT_CHANNEL)
+
+            async def heard_the_end() -> bool:
+                return bool(heard)
+
+            await wait_until(heard_the_end, 10)
+            assert heard == ["end"]
+    finally:
+        await listener.close()
+
+
+def test_text_payloads_stay_under_the_notify_limit_and_read_back() -> None:
+    job_id = uuid.uuid4()
+    pieces = [
+        TextPiece(job_id, 1, {"field": "summary"}, 0, 'é"\n🙂' * 3_000),
+        TextPiece(job_id, 1, {"field": "rationale", "controlId": 7}, 12, "short"),
+    ]
+    payloads = encode(pieces)
+    assert len(payloads) > 1
+    assert all(len(p.encode()) < 8_000 for p in payloads)
+    read = [piece for p in payloads for piece in decode(p)]
+    assert "".join(p.text for p in read if p.stream == {"field": "summary"}) == pieces[0].text
+    assert next(p.offset for p in read if p.stream == {"field": "summary"}) == 0
+    assert read[-1] == pieces[1]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -73,6 +73,31 @@ class NoMeter:
         return None
 
 
+TextSender = Callable[[Mapping[str, str | int], str], None]
+
+
+@dataclass(frozen=True)
+class AnswerText:
+    """Where the text of an answer goes as the model writes it: `send(stream, text)`
+    appends to one of the job's text streams (JobContext.write_text), named by the answer's
+    field, the `keys` the caller adds (which part of the job asked) and what the analyzer
+    adds (which control a rationale is of). `send` None: nowhere, and the call need not
+    stream."""
+
+    send: TextSender | None = None
+    keys: Mapping[str, str | int] = field(default_factory=dict)
+
+    @property
+    def wanted(self) -> bool:
+        return self.send is not None
+
+    def write(self, answer_field: str, text: str, **more: str | int) -> None:
+        if self.send is not None and text:
+            self.send({"field": answer_field, **self.keys, **more}, text)
+
+
+NO_TEXT = AnswerText()
+
 T = TypeVar("T")
 
 
@@ -91,13 +116,29 @@ class Analyzer(Protocol):
         """The model that answers for a job type, when there is one."""
 
     async def match(
-        self, requirement: RequirementText, document: DocumentText, meter: Meter
-    ) -> Analysis[MatchAssessment]: ...
+        self,
+        requirement: RequirementText,
+        document: DocumentText,
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
+    ) -> Analysis[MatchAssessment]:
+        """Also sends the rationale to `text` as it is written."""
 
     async def coverage(
-        self, requirement: RequirementText, documents: Sequence[DocumentText], meter: Meter
-    ) -> Analysis[CoverageAssessment]: ...
+        self,
+        requirement: RequirementText,
+        documents: Sequence[DocumentText],
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
+    ) -> Analysis[CoverageAssessment]:
+        """Also sends the summary to `text` as it is written."""
 
     async def map_controls(
-        self, document: DocumentText, controls: Sequence[ControlText], meter: Meter
-    ) -> Analysis[ControlMappingBatch]: ...
+        self,
+        document: DocumentText,
+        controls: Sequence[ControlText],
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
+    ) -> Analysis[ControlMappingBatch]:
+        """Also sends each control's rationale to `text` as it is written (with its
+        `controlId`)."""

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anthropic
-from anthropic.types import Message, ToolUseBlock
+import httpx2
+from anthropic import AsyncStream
+from anthropic.types import Message, RawMessageStreamEvent, ToolUseBlock
 from pydantic import BaseModel, ValidationError
 
 from service.ai import prompts
@@ -22,7 +24,9 @@ from service.ai.analyzer import (
     COVERAGE,
     MAP_CONTROLS,
     MATCH,
+    NO_TEXT,
     Analysis,
+    AnswerText,
     ControlText,
     DocumentText,
     Meter,
@@ -30,6 +34,7 @@ from service.ai.analyzer import (
     Usage,
 )
 from service.ai.errors import translate
+from service.ai.partial_json import FieldText
 from service.ai.ratelimit import RateLimiter, Reservation
 from service.ai.schemas import ControlMappingBatch, CoverageAssessment, MatchAssessment
 from service.jobs.model import PermanentFailure, RetryLater
@@ -115,33 +120,47 @@ class ClaudeAnalyzer:
         return self._configs[job_type].model
 
     async def match(
-        self, requirement: RequirementText, document: DocumentText, meter: Meter
+        self,
+        requirement: RequirementText,
+        document: DocumentText,
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
     ) -> Analysis[MatchAssessment]:
-        text = prompts.match_prompt(requirement, document)
+        prompt = prompts.match_prompt(requirement, document)
         return await self._ask(
             self._configs[MATCH],
-            [{"type": "text", "text": text}],
+            [{"type": "text", "text": prompt}],
             "record_match_assessment",
             "Record how well the document satisfies the requirement.",
             MatchAssessment,
             meter,
+            _Follow(text, "rationale") if text.wanted else None,
         )
 
     async def coverage(
-        self, requirement: RequirementText, documents: Sequence[DocumentText], meter: Meter
+        self,
+        requirement: RequirementText,
+        documents: Sequence[DocumentText],
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
     ) -> Analysis[CoverageAssessment]:
-        text = prompts.coverage_prompt(requirement, documents)
+        prompt = prompts.coverage_prompt(requirement, documents)
         return await self._ask(
             self._configs[COVERAGE],
-            [{"type": "text", "text": text}],
+            [{"type": "text", "text": prompt}],
             "record_coverage_assessment",
             "Record how well the documents together cover the requirement.",
             CoverageAssessment,
             meter,
+            _Follow(text, "summary") if text.wanted else None,
         )
 
     async def map_controls(
-        self, document: DocumentText, controls: Sequence[ControlText], meter: Meter
+        self,
+        document: DocumentText,
+        controls: Sequence[ControlText],
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
     ) -> Analysis[ControlMappingBatch]:
         # The tools, the system prompt and the document lead every batch's request unchanged,
         # and the cache breakpoint after the document makes them one cached prefix: batches
@@ -161,6 +180,9 @@ class ClaudeAnalyzer:
             "Record which of the listed controls the document implements.",
             ControlMappingBatch,
             meter,
+            _Follow(text, "rationale", tag="control_id", tag_as="controlId")
+            if text.wanted
+            else None,
         )
 
     async def _ask(
@@ -171,14 +193,18 @@ class ClaudeAnalyzer:
         description: str,
         answer_model: type[M],
         meter: Meter,
+        follow: _Follow | None = None,
     ) -> Analysis[M]:
-        """One forced tool call; one corrective retry when the answer does not validate."""
+        """One forced tool call; one corrective retry when the answer does not validate.
+
+        With `follow`, the call streams, and the text of the answer's field goes to it as it
+        is written."""
         usage = Usage()
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         tool = _tool(tool_name, description, answer_model)
         problem = ""
         for attempt in (1, 2):
-            response = await self._create(config, messages, tool, tool_name)
+            response = await self._create(config, messages, tool, tool_name, follow)
             used = _usage_of(response)
             usage.add(used)
             await meter.record(config.model, used)
@@ -229,6 +255,7 @@ class ClaudeAnalyzer:
         messages: list[dict[str, Any]],
         tool: _Tool,
         tool_name: str,
+        follow: _Follow | None = None,
     ) -> Message:
         reservation: Reservation | None = None
         if self._limiter is not None:
@@ -249,8 +276,14 @@ class ClaudeAnalyzer:
                 tools=cast(Any, tool.tools),
                 tool_choice={"type": "tool", "name": tool_name},
                 extra_body=extra_body,
+                stream=follow is not None,
             )
-            message = await raw.parse()
+            answer = await raw.parse()
+            if isinstance(answer, AsyncStream):
+                assert follow is not None
+                message = await _read_stream(answer, follow, tool_name)
+            else:
+                message = answer
         except (anthropic.APIResponseValidationError, json.JSONDecodeError) as exc:
             self._count_error("unreadable")
             # A garbled response is the transport's fault, not the model's: try again later.
@@ -270,6 +303,10 @@ class ClaudeAnalyzer:
             self._count_error("0")
             # Timed out or never connected: what the call took stays taken, to be safe.
             raise translate(exc) from exc
+        except httpx2.HTTPError as exc:
+            self._count_error("0")
+            # The stream broke off after it began: what the call took stays taken.
+            raise RetryLater(f"The stream from the Anthropic API broke off: {exc}") from exc
         if not isinstance(message, Message):
             raise RetryLater("The Anthropic API answered with a stream we did not ask for")
         usage = _usage_of(message)
@@ -289,6 +326,75 @@ class ClaudeAnalyzer:
     def _count_error(self, status: str) -> None:
         if self._metrics is not None:
             self._metrics.anthropic_errors.labels(status).inc()
+
+
+class _Follow:
+    """Sends the text of one field of a streamed tool input to `text` as it arrives."""
+
+    def __init__(
+        self, text: AnswerText, field: str, tag: str | None = None, tag_as: str = ""
+    ) -> None:
+        self._text = text
+        self._field = field
+        self._tag_as = tag_as
+        self._scan = FieldText(field, tag)
+
+    def feed(self, partial_json: str) -> None:
+        for piece in self._scan.feed(partial_json):
+            if self._tag_as and piece.tag is not None:
+                self._text.write(self._field, piece.text, **{self._tag_as: piece.tag})
+            else:
+                self._text.write(self._field, piece.text)
+
+
+async def _read_stream(
+    events: AsyncStream[RawMessageStreamEvent], follow: _Follow, tool_name: str
+) -> Message:
+    """The message a stream of events builds, the tool's input followed as it arrives."""
+    start: Message | None = None
+    blocks: dict[int, Any] = {}
+    parts: dict[int, list[str]] = {}
+    followed: set[int] = set()
+    stop_reason: Any = None
+    end_usage: Any = None
+    async for event in events:
+        if event.type == "content_block_delta":
+            delta = event.delta
+            if delta.type == "input_json_delta":
+                parts[event.index].append(delta.partial_json)
+                if event.index in followed:
+                    follow.feed(delta.partial_json)
+            elif delta.type == "text_delta":
+                parts[event.index].append(delta.text)
+        elif event.type == "content_block_start":
+            block = event.content_block
+            blocks[event.index] = block
+            parts[event.index] = []
+            if block.type == "tool_use" and block.name == tool_name:
+                followed.add(event.index)
+        elif event.type == "message_start":
+            start = event.message
+        elif event.type == "message_delta":
+            stop_reason = event.delta.stop_reason
+            end_usage = event.usage
+    if start is None:
+        raise RetryLater("The Anthropic API's stream ended before its message began")
+    content = []
+    for index in sorted(blocks):
+        block = blocks[index]
+        text = "".join(parts[index])
+        if block.type == "tool_use":
+            block = block.model_copy(update={"input": json.loads(text) if text else {}})
+        elif block.type == "text":
+            block = block.model_copy(update={"text": text})
+        content.append(block)
+    usage = start.usage
+    if end_usage is not None:
+        final = {k: v for k, v in end_usage.model_dump().items() if v is not None}
+        usage = usage.model_copy(
+            update={k: v for k, v in final.items() if k in type(usage).model_fields}
+        )
+    return start.model_copy(update={"content": content, "stop_reason": stop_reason, "usage": usage})
 
 
 def _usage_of(response: Message) -> Usage:

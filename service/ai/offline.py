@@ -11,7 +11,9 @@ import re
 from collections.abc import Sequence
 
 from service.ai.analyzer import (
+    NO_TEXT,
     Analysis,
+    AnswerText,
     ControlText,
     DocumentText,
     Meter,
@@ -29,6 +31,8 @@ PREFIX = "[offline analyzer] "
 MAP_THRESHOLD = 40
 
 _WORD = re.compile(r"[a-z][a-z0-9-]{2,}")
+# A word and the spaces after it: what the offline analyzer writes at a time.
+_WORDS = re.compile(r"\S+\s*|\s+")
 _STOP = frozenset(
     (
         "the and for with that this shall are from have has its their them they will which all "
@@ -80,14 +84,39 @@ class OfflineAnalyzer:
     def model_for(self, job_type: str) -> str | None:
         return None
 
-    async def _pause(self) -> None:
-        if self._delay_s > 0:
+    async def _pause(self, text: AnswerText) -> None:
+        # Followed live, the pause is spent writing the answer word by word instead.
+        if self._delay_s > 0 and not text.wanted:
+            await asyncio.sleep(self._delay_s)
+
+    async def _write(self, text: AnswerText, pieces: Sequence[tuple[str, str, int | None]]) -> None:
+        """Send each (field, text, control id) word by word, over the call's pause."""
+        if not text.wanted:
+            return
+        words = [
+            (answer_field, word, control_id)
+            for answer_field, whole, control_id in pieces
+            for word in _WORDS.findall(whole)
+        ]
+        step = self._delay_s / len(words) if words else 0.0
+        for answer_field, word, control_id in words:
+            if step > 0:
+                await asyncio.sleep(step)
+            if control_id is None:
+                text.write(answer_field, word)
+            else:
+                text.write(answer_field, word, controlId=control_id)
+        if not words and self._delay_s > 0:
             await asyncio.sleep(self._delay_s)
 
     async def match(
-        self, requirement: RequirementText, document: DocumentText, meter: Meter
+        self,
+        requirement: RequirementText,
+        document: DocumentText,
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
     ) -> Analysis[MatchAssessment]:
-        await self._pause()
+        await self._pause(text)
         terms = key_terms(f"{requirement.title} {requirement.description}")
         found, missing = _overlap(terms, set(key_terms(document.content)))
         score = _score(len(found), len(terms))
@@ -101,14 +130,19 @@ class OfflineAnalyzer:
         recommendations = [
             f"{PREFIX}Address '{term}' explicitly in the document." for term in missing[:5]
         ]
+        await self._write(text, [("rationale", rationale, None)])
         return Analysis(
             MatchAssessment(score=score, rationale=rationale, recommendations=recommendations)
         )
 
     async def coverage(
-        self, requirement: RequirementText, documents: Sequence[DocumentText], meter: Meter
+        self,
+        requirement: RequirementText,
+        documents: Sequence[DocumentText],
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
     ) -> Analysis[CoverageAssessment]:
-        await self._pause()
+        await self._pause(text)
         terms = key_terms(f"{requirement.title} {requirement.description}")
         covered: set[str] = set()
         scores = []
@@ -125,14 +159,19 @@ class OfflineAnalyzer:
             else f"{PREFIX}No documents are mapped to requirement {requirement.code}."
         )
         gaps = [f"{PREFIX}No document addresses '{term}'." for term in missing[:10]]
+        await self._write(text, [("summary", summary, None)])
         return Analysis(
             CoverageAssessment(coverage_score=overall, summary=summary, gaps=gaps, documents=scores)
         )
 
     async def map_controls(
-        self, document: DocumentText, controls: Sequence[ControlText], meter: Meter
+        self,
+        document: DocumentText,
+        controls: Sequence[ControlText],
+        meter: Meter,
+        text: AnswerText = NO_TEXT,
     ) -> Analysis[ControlMappingBatch]:
-        await self._pause()
+        await self._pause(text)
         document_terms = set(key_terms(document.content))
         matches = []
         for control in controls:
@@ -148,4 +187,5 @@ class OfflineAnalyzer:
                         f"terms of {control.code}: {', '.join(found[:6])}.",
                     )
                 )
+        await self._write(text, [("rationale", m.rationale, m.control_id) for m in matches])
         return Analysis(ControlMappingBatch(mapped_controls=matches))

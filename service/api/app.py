@@ -31,6 +31,7 @@ from service.jobs.duties import Duty
 from service.jobs.events import EventHub, EventPruner, EventStore
 from service.jobs.grouped import Grouped
 from service.jobs.store import JobStore
+from service.jobs.text import TextSoFar
 from service.metrics import Metrics
 from service.ops import ops_routes
 
@@ -81,7 +82,12 @@ def create_app(settings: Settings, dsn: str, pool: asyncpg.Pool | None = None) -
 
     async def live_events(app: web.Application) -> AsyncIterator[None]:
         store = EventStore(app[POOL])
-        hub = EventHub(settings.session_url(dsn), store, poll_interval_s=settings.poll_interval_s)
+        hub = EventHub(
+            settings.session_url(dsn),
+            store,
+            poll_interval_s=settings.poll_interval_s,
+            texts=TextSoFar() if settings.stream_deltas else None,
+        )
         pruner = EventPruner(store, settings.event_retention_s)
         app[EVENT_HUB] = hub
         metrics.gauge_from(

@@ -12,6 +12,7 @@ from service.api.jobs import visible_job
 from service.api.state import EVENT_HUB, OPEN_STREAMS, SETTINGS
 from service.jobs.events import Idle
 from service.jobs.model import Job
+from service.jobs.text import TextPiece
 
 routes = web.RouteTableDef()
 
@@ -46,6 +47,12 @@ def _resume_after(request: web.Request) -> int | None:
             f"Last-Event-ID must be an event id from this stream, got {raw!r}", "invalid_event_id"
         )
     return int(raw)
+
+
+def delta_frame(piece: TextPiece) -> bytes:
+    """One SSE event carrying text the job's model wrote: ephemeral, so without an id (a
+    client resuming with Last-Event-ID resumes the job events only)."""
+    return b"event: delta\ndata: %s\n\n" % orjson.dumps(piece.as_json())
 
 
 # No HEAD: it would hold a connection open for a stream it never reads.
@@ -100,7 +107,9 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                 if finished:
                     return response
                 resume = seq
-            sub = hub.subscribe(job_id, resume, idle_s=request.app[SETTINGS].sse_heartbeat_s)
+            sub = hub.subscribe(
+                job_id, resume, idle_s=request.app[SETTINGS].sse_heartbeat_s, text=True
+            )
             try:
                 while True:
                     item = sub.poll()
@@ -108,6 +117,8 @@ async def job_events(request: web.Request) -> web.StreamResponse:
                         if sub.closed:
                             break  # shutting down: the client reconnects, to this or another
                         await sub.wait()
+                    elif isinstance(item, TextPiece):
+                        await response.write(delta_frame(item))
                     elif item is Idle.IDLE:
                         # Keeps proxies from closing an idle stream, and finds a departed client.
                         await response.write(_KEEPALIVE)

@@ -18,6 +18,7 @@ from service.jobs.duties import Backoff
 from service.jobs.model import Job, PermanentFailure, RetryLater
 from service.jobs.registry import Registry
 from service.jobs.store import JobStore, LeaseLost
+from service.jobs.text import TextPublisher
 from service.logs import get_logger
 from service.metrics import Metrics
 
@@ -76,6 +77,7 @@ async def run_actor(
     metrics: Metrics,
     processed: Callable[[], None] = lambda: None,
     released: Callable[[], None] = lambda: None,
+    text: TextPublisher | None = None,
 ) -> None:
     """Run `job` and write its outcome. Never raises, except CancelledError.
 
@@ -90,9 +92,13 @@ async def run_actor(
     heartbeat keeps the lease meanwhile, and the writes are fenced by it, so that none lands
     twice or on a job that is no longer ours.
     """
-    outcome = await _run(
-        job, store, completer, registry, retry_policy, stop_reasons, processed, released
-    )
+    try:
+        outcome = await _run(
+            job, store, completer, registry, retry_policy, stop_reasons, processed, released, text
+        )
+    finally:
+        if text is not None:
+            text.forget(job.id, job.attempts)
     kind = job.job_type
     metrics.job_duration.labels(kind).observe(time.monotonic() - outcome.started)
     counter = {
@@ -120,6 +126,7 @@ async def _run(
     stop_reasons: dict[object, str],
     processed: Callable[[], None],
     released: Callable[[], None],
+    text: TextPublisher | None,
 ) -> _Outcome:
     # The actor is a task of its own: what it binds lives in its copy of the context and
     # goes with it.
@@ -135,7 +142,7 @@ async def _run(
     try:
         if job_type is None:
             raise PermanentFailure(f"No processor is registered for job type {job.job_type!r}")
-        ctx = JobContext(job, store, job_log)
+        ctx = JobContext(job, store, job_log, text)
         try:
             async with asyncio.timeout(timeout_s):
                 completion = await job_type.run(ctx)
@@ -145,6 +152,9 @@ async def _run(
             ) from None
         finally:
             processed()
+        if text is not None:
+            # Followers get the whole text before the event that completes the job.
+            await text.sent(job.id)
         await _settle(
             lambda: completer.complete(
                 job, completion.result, completion.message, completion.apply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -10,15 +11,33 @@ import structlog
 
 from service.jobs.model import Job
 from service.jobs.store import JobStore
+from service.jobs.text import TextPublisher
 
 
 class JobContext:
     def __init__(
-        self, job: Job, store: JobStore, log: structlog.typing.FilteringBoundLogger
+        self,
+        job: Job,
+        store: JobStore,
+        log: structlog.typing.FilteringBoundLogger,
+        text: TextPublisher | None = None,
     ) -> None:
         self.job = job
         self.store = store
         self.log = log
+        self._text = text
+
+    @property
+    def writes_text(self) -> bool:
+        """Whether `write_text` sends anything (AIJOBS_STREAM_DELTAS)."""
+        return self._text is not None
+
+    def write_text(self, stream: Mapping[str, str | int], text: str) -> None:
+        """Append `text` to one of the job's text streams (`stream` names it, as
+        `{"field": "rationale"}`), for whoever follows the job live: sent within 100 ms, never
+        stored (see service.jobs.text). A new attempt of the job starts its streams afresh."""
+        if self._text is not None:
+            self._text.write(self.job.id, self.job.attempts, stream, text)
 
     @property
     def pool(self) -> asyncpg.Pool:

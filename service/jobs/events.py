@@ -25,6 +25,7 @@ from service.jobs.duties import Backoff, Duty
 from service.jobs.listener import Listener
 from service.jobs.model import FINISHED, Job
 from service.jobs.periodic import Periodic
+from service.jobs.text import TEXT_CHANNEL, TextPiece, TextSoFar, decode
 from service.logs import get_logger
 
 log = get_logger(__name__)
@@ -139,6 +140,9 @@ IDLE_TICKS = 4
 # wake-ups (each a keepalive write) are spread over turns, so that an event to another stream
 # waits behind a few of them, not behind thousands.
 IDLE_BATCH = 16
+# Pieces of text a subscription holds for its reader at most; beyond, the oldest go (text is
+# ephemeral, and the reader sees the gap in the offsets).
+TEXT_BUFFER = 1024
 
 
 class Subscription:
@@ -161,6 +165,7 @@ class Subscription:
         "_closed",
         "_idle_ticks",
         "_on_room",
+        "_texts",
         "_waiter",
         "behind",
         "job_id",
@@ -183,6 +188,7 @@ class Subscription:
         self.behind = False
         self._on_room = on_room
         self._buffer: list[JobEvent] | None = None
+        self._texts: list[TextPiece] | None = None
         self._buffer_size = max(buffer_size, 1)
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -198,9 +204,18 @@ class Subscription:
         """How many more events the buffer takes."""
         return self._buffer_size - len(self._buffer or ())
 
-    def poll(self) -> JobEvent | Idle | None:
-        """The next event if one is buffered; else `Idle.IDLE` if the subscription has been
-        idle for the hub's idle period; else None (then `wait`, unless it is closed)."""
+    def poll(self) -> JobEvent | TextPiece | Idle | None:
+        """The next piece of text if one is buffered, else the next event; else `Idle.IDLE`
+        if the subscription has been idle for the hub's idle period; else None (then `wait`,
+        unless it is closed)."""
+        texts = self._texts
+        if texts:
+            piece = texts.pop(0)
+            if not texts:
+                self._texts = None
+            if self._idle_ticks > 0:
+                self._idle_ticks = 0
+            return piece
         buffer = self._buffer
         if buffer:
             event = buffer.pop(0)
@@ -255,6 +270,18 @@ class Subscription:
         buffer.append(event)
         self._wake()
 
+    def offer_text(self, piece: TextPiece) -> None:
+        """Take a piece of the job's text (subscriptions that asked for text only)."""
+        if self._closed:
+            return
+        texts = self._texts
+        if texts is None:
+            texts = self._texts = []
+        elif len(texts) >= TEXT_BUFFER:
+            del texts[0]
+        texts.append(piece)
+        self._wake()
+
     def tick(self) -> bool:
         """One tick of the hub's idle clock; True when it woke the reader, now idle."""
         if self._idle_ticks < 0 or self._closed:
@@ -302,11 +329,16 @@ class EventHub:
         poll_interval_s: float = 5.0,
         buffer_size: int = 16,
         max_backoff_s: float = 5.0,
+        texts: TextSoFar | None = None,
     ) -> None:
         self.store = store
+        # The text of running jobs heard so far; None: no text is listened to.
+        self.texts = texts
+        # Subscriptions that take the text of their job as well as its events.
+        self._text_subscribers: set[Subscription] = set()
         self.listener = Listener(
             dsn,
-            [EVENTS_CHANNEL],
+            [EVENTS_CHANNEL, *([TEXT_CHANNEL] if texts is not None else [])],
             self._on_notify,
             on_connect=self._on_connect,
             pool=store.pool,
@@ -359,14 +391,22 @@ class EventHub:
             for sub in subs:
                 sub.close()
         self._subscribers.clear()
+        self._text_subscribers.clear()
 
     def subscribe(
-        self, job_id: uuid.UUID, after_seq: int, *, idle_s: float | None = None
+        self,
+        job_id: uuid.UUID,
+        after_seq: int,
+        *,
+        idle_s: float | None = None,
+        text: bool = False,
     ) -> Subscription:
         """Follow a job from the event after `after_seq`. Unsubscribe when done.
 
         With `idle_s`, the subscription's `poll` also gives `Idle.IDLE` after that long
-        without an event (after the shortest `idle_s` any subscriber asked for).
+        without an event (after the shortest `idle_s` any subscriber asked for). With `text`,
+        it also gives the job's text as it is heard (`TextPiece`), starting with one piece
+        per stream holding the text heard so far.
         """
         sub = Subscription(
             job_id,
@@ -380,6 +420,10 @@ class EventHub:
             return sub
         if idle_s is not None:
             self._start_idle_clock(idle_s)
+        if text and self.texts is not None:
+            self._text_subscribers.add(sub)
+            for piece in self.texts.so_far(job_id):
+                sub.offer_text(piece)
         self._subscribers.setdefault(job_id, set()).add(sub)
         self._dirty.add(job_id)
         self._wake.set()
@@ -387,6 +431,7 @@ class EventHub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.close()
+        self._text_subscribers.discard(sub)
         subs = self._subscribers.get(sub.job_id)
         if subs is not None:
             subs.discard(sub)
@@ -423,7 +468,10 @@ class EventHub:
                     if woken % IDLE_BATCH == 0:
                         await asyncio.sleep(0)
 
-    def _on_notify(self, _channel: str, payload: str) -> None:
+    def _on_notify(self, channel: str, payload: str) -> None:
+        if channel == TEXT_CHANNEL:
+            self._on_text(payload)
+            return
         if not self._subscribers:
             return
         for entry in payload.split(","):
@@ -434,6 +482,17 @@ class EventHub:
             if job_id in self._subscribers:
                 self._dirty.add(job_id)
                 self._wake.set()
+
+    def _on_text(self, payload: str) -> None:
+        texts = self.texts
+        if texts is None:
+            return
+        for piece in decode(payload):
+            if not texts.add(piece):
+                continue  # of an attempt that a newer one has replaced
+            for sub in self._subscribers.get(piece.job_id, ()):
+                if sub in self._text_subscribers:
+                    sub.offer_text(piece)
 
     def _on_room(self, sub: Subscription) -> None:
         if sub.job_id in self._subscribers:
@@ -491,6 +550,8 @@ class EventHub:
             page = pages.get(job_id)
             if page is None:
                 continue
+            if self.texts is not None and page.events and page.events[-1].terminal:
+                self.texts.drop(job_id)
             for sub in list(self._subscribers.get(job_id, ())):
                 # Only a subscriber the read started at or before may take from it:
                 # one further behind would see a gap.

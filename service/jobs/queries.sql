@@ -354,3 +354,8 @@ SELECT * FROM ai_jobs_read_many($1, $2, $3);
 -- A listener's round trip: sent through the pool, as real notifications are, so that it
 -- proves what they need (see jobs/listener.py).
 SELECT pg_notify($1, $2);
+
+-- name: notify_many
+-- Notifications on one channel ($2 their payloads) in one statement: delivered together, in
+-- order, when it commits.
+SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p;

@@ -19,6 +19,7 @@ from service.jobs.model import Job
 from service.jobs.registry import Registry
 from service.jobs.retention import Pruner
 from service.jobs.store import JobStore, WorkerInfo
+from service.jobs.text import TextPublisher
 from service.logs import get_logger
 from service.metrics import Metrics
 
@@ -68,6 +69,7 @@ class Worker:
         options: WorkerOptions,
         worker_id: str | None = None,
         metrics: Metrics | None = None,
+        text: TextPublisher | None = None,
     ) -> None:
         self.worker_id = worker_id or new_worker_id()
         self.http_port: int | None = None
@@ -81,6 +83,8 @@ class Worker:
             lambda: self.listener.reconnects,
         )
         self.options = options
+        # Where the jobs' ephemeral text goes (None: AIJOBS_STREAM_DELTAS=off).
+        self.text = text
         self._store = store
         self._completer = Completer(store)
         self._registry = registry
@@ -157,6 +161,8 @@ class Worker:
         self._stopping.clear()
         await self._registration.start()
         await self.listener.start()
+        if self.text is not None:
+            await self.text.start()
         await self._heartbeat.start()
         await self._reaper.start()
         if self._pruner is not None:
@@ -189,6 +195,8 @@ class Worker:
                 await asyncio.wait(still_running)
         await self._completer.idle()
         await self._store.idle()
+        if self.text is not None:
+            await self.text.stop()
         if self._pruner is not None:
             await self._pruner.stop()
         await self._reaper.stop()
@@ -301,6 +309,7 @@ class Worker:
                 self.metrics,
                 functools.partial(self._on_processed, (job.id, job.attempts)),
                 released=self.wake,
+                text=self.text,
             ),
             name=f"actor:{job.id}",
         )

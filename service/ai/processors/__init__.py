@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from service.ai.accounting import JobMeter, JobUsage, UsageLedger
-from service.ai.analyzer import Analyzer, Meter, NoMeter, Usage
+from service.ai.analyzer import NO_TEXT, Analyzer, AnswerText, Meter, NoMeter, Usage
 from service.ai.batches import CallRunner, Codec, Unit, Wording, plan_of
 from service.entities.store import EntityStore
 from service.jobs.actor import RetryPolicy
@@ -31,6 +31,14 @@ class ProcessorDeps:
     parallel_batches: int = 4
     batch_retries: int = 2
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @staticmethod
+    def answer_text(ctx: JobContext, part: str | None = None) -> AnswerText:
+        """Where a call's answer text goes: the job's text streams, named by `part` too
+        when the job makes several calls."""
+        if not ctx.writes_text:
+            return NO_TEXT
+        return AnswerText(ctx.write_text, {"part": part} if part else {})
 
     def meter(self, ctx: JobContext) -> Meter:
         return self.ledger.meter(ctx.job.id) if self.ledger is not None else NoMeter()

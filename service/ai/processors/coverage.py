@@ -70,7 +70,10 @@ def processor(deps: ProcessorDeps) -> Processor:
 
         def assess(number: int, part: list[DocumentText]) -> Unit[CoverageAssessment]:
             async def call() -> CoverageAssessment:
-                analysis = await deps.analyzer.coverage(requirement, part, meter)
+                name = f"part-{number}" if len(parts) > 1 else None
+                analysis = await deps.analyzer.coverage(
+                    requirement, part, meter, deps.answer_text(ctx, name)
+                )
                 spent.add(analysis.usage)
                 return analysis.answer
 

@@ -88,8 +88,17 @@ def processor(deps: ProcessorDeps) -> Processor:
         def analyse(section: DocumentText, number: int) -> Unit[list[ControlMatchRow]]:
             batch = batches[number - 1]
 
+            key = f"section-{section.section}-batch-{number}"
+            part = None
+            if len(sections) > 1:
+                part = key
+            elif len(batches) > 1:
+                part = f"batch-{number}"
+
             async def call() -> list[ControlMatchRow]:
-                analysis = await deps.analyzer.map_controls(section, batch, meter)
+                analysis = await deps.analyzer.map_controls(
+                    section, batch, meter, deps.answer_text(ctx, part)
+                )
                 spent.add(analysis.usage)
                 shown = {c.id for c in batch}
                 return [
@@ -98,7 +107,7 @@ def processor(deps: ProcessorDeps) -> Processor:
                     if m.control_id in shown  # the model named a control it was not shown
                 ]
 
-            return Unit(f"section-{section.section}-batch-{number}", call)
+            return Unit(key, call)
 
         # One group per section: its first batch writes the section to the prompt cache.
         answers = await deps.run_calls(

@@ -72,7 +72,10 @@ def processor(deps: ProcessorDeps) -> Processor:
 
         def assess(section: DocumentText) -> Unit[MatchAssessment]:
             async def call() -> MatchAssessment:
-                analysis = await deps.analyzer.match(requirement, section, meter)
+                part = f"section-{section.section}" if len(sections) > 1 else None
+                analysis = await deps.analyzer.match(
+                    requirement, section, meter, deps.answer_text(ctx, part)
+                )
                 spent.add(analysis.usage)
                 return analysis.answer
 
