@@ -121,6 +121,16 @@ class Suite:
         self.raw.setdefault(what, []).extend(results)
         return results
 
+    async def repeat_once(
+        self, what: str, run: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> list[dict[str, Any]]:
+        """One run of `what`, logged and kept like those of `repeat`."""
+        started = time.monotonic()
+        result = await run()
+        log(f"{what}: {_brief(result)} ({time.monotonic() - started:.0f} s)")
+        self.raw.setdefault(what, []).append(result)
+        return [result]
+
     # -- sections -------------------------------------------------------------------------
 
     async def throughput(self) -> None:
@@ -207,16 +217,24 @@ class Suite:
 
     async def slow_model(self) -> None:
         preset = slow_model.TINY if self.tiny else slow_model.FULL
-        results = await self.repeat(
-            "slow_model",
-            lambda: slow_model.measure(
+
+        def one(deltas: bool) -> Callable[[], Awaitable[dict[str, Any]]]:
+            return lambda: slow_model.measure(
                 self.server_dsn,
                 jobs=int(preset["jobs"]),
                 delay_s=float(preset["delay_s"]),
                 concurrency=int(preset["concurrency"]),
                 pool_max=int(preset["pool_max"]),
-            ),
-        )
+                deltas=deltas,
+            )
+
+        # Side by side in each run: the model's text off (calls answer whole), then on (the
+        # default: calls stream, and followers get the text as it is written).
+        off: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []
+        for _ in range(self.runs):
+            off += await self.repeat_once("slow_model_deltas_off", one(False))
+            results += await self.repeat_once("slow_model", one(True))
         first = results[0]
         row = Row(
             f"slow model: {first['jobs']:,} ai-match jobs, {first['delay_s']:g} s model call, "
@@ -229,6 +247,44 @@ class Suite:
         row.met = float(row.values["aijobs"]["median"]) >= 90
         row.note = "jobs/s: " + ", ".join(f"{r['jobs_per_s']:g}" for r in results)
         self.rows.append(row)
+        row = Row("slow model: share of the ideal with the text streamed / without", "ratio")
+        row.values = {
+            "aijobs": spread(
+                [
+                    r["share_of_ideal_pct"] / o["share_of_ideal_pct"]
+                    for r, o in zip(results, off, strict=True)
+                ],
+                3,
+            )
+        }
+        row.target = "≥ 0.95"
+        row.met = float(row.values["aijobs"]["median"]) >= 0.95
+        row.note = "without: " + ", ".join(f"{o['share_of_ideal_pct']:g}%" for o in off)
+        self.rows.append(row)
+        row = Row(
+            "slow model: the worker's text notifications per second", "/s", higher_is_better=False
+        )
+        row.values = {"aijobs": spread([r["text_notifications_per_s"] for r in results], 1)}
+        row.target = "≤ 10"
+        row.met = float(row.values["aijobs"]["median"]) <= 10
+        row.note = "most in one second: " + ", ".join(
+            str(r["text_notifications_max_in_1_s"]) for r in results
+        )
+        self.rows.append(row)
+        for pct in ("p50", "p99"):
+            samples = [r[f"token_to_sse_{pct}_ms"] for r in results if r[f"token_to_sse_{pct}_ms"]]
+            if not samples:
+                continue
+            row = Row(
+                f"slow model: a token leaving the fake to its delta at an SSE follower, {pct}",
+                "ms",
+                higher_is_better=False,
+            )
+            row.values = {"aijobs": spread(samples, 1)}
+            row.note = f"{first['followers']} followers; tokens: " + ", ".join(
+                str(r["token_to_sse_samples"]) for r in results
+            )
+            self.rows.append(row)
         row = Row("slow model: worker peak RSS (VmHWM)", "MB", higher_is_better=False)
         row.values = {"aijobs": spread([r["worker_peak_rss_mb"] for r in results], 1)}
         row.target = "< 250 MB"

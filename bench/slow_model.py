@@ -20,6 +20,17 @@ measured span and writes its collapsed stacks (`--format raw`) to OUT (the first
 with `--workers N`, which splits the concurrency among N processes; RSS is then the largest
 worker's and CPU the sum).
 
+`--deltas on|off|both` (both by default): the model calls stream and their text goes to event
+stream followers as it is written (AIJOBS_STREAM_DELTAS), or they answer whole; `both` runs
+off then on, side by side. Either way the fake writes each reply over D seconds (`--pace`:
+the call takes as long streamed as whole), an API process runs beside the worker, and
+FOLLOWERS event streams follow jobs spread over the run. With deltas on, the fake's rationale
+is STAMP_WORDS words, each the wall-clock time it left the fake, so that each follower
+measures the delay from a token leaving the fake to its delta reaching it (tokens written
+before the follower connected are not counted); and a LISTEN of this process counts the
+worker's notifications on the text channel per second (each send of the worker is one
+statement of one or more of them).
+
 `--sdk-only` measures the ceiling the Anthropic SDK itself sets on one process: the same
 model calls (ClaudeAnalyzer.match, on the same client and event loop as a worker), C at once
 against the same fake, with no queue, database or budget.
@@ -33,13 +44,17 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
+import orjson
 
 from bench.common import (
     Child,
@@ -47,6 +62,7 @@ from bench.common import (
     commits,
     cpu_seconds,
     free_port,
+    percentile,
     port_answers,
     proc_status_kb,
     python,
@@ -54,9 +70,15 @@ from bench.common import (
     scratch_database,
     wait_until,
 )
+from service.jobs.text import TEXT_CHANNEL
+from service.watch import SseParser
 
 FULL = {"jobs": 2000, "delay_s": 2.0, "concurrency": 500, "pool_max": 20}
 TINY = {"jobs": 40, "delay_s": 0.2, "concurrency": 20, "pool_max": 5}
+FOLLOWERS = 50
+STAMP_WORDS = 12
+BENCH_JWT_SECRET = "bench-secret-long-enough-for-hs256-signing"
+_STAMP = re.compile(r"T([0-9 ]{6,}\.[0-9]{6})")
 
 _ENTITIES = """
 WITH r AS (
@@ -151,16 +173,22 @@ async def measure(
     profile: str | None = None,
     cold: bool = False,
     workers: int = 1,
+    deltas: bool = True,
+    followers: int = FOLLOWERS,
 ) -> dict[str, Any]:
     async with scratch_database(server_dsn) as dsn:
         conn = await asyncpg.connect(dsn)
         fake: asyncio.subprocess.Process | None = None
         children: list[Child] = []
+        api: Child | None = None
+        listener: asyncpg.Connection | None = None
+        following: list[asyncio.Task[None]] = []
+        session: aiohttp.ClientSession | None = None
         ok = False
         try:
             await conn.execute(_ENTITIES, jobs)
             port = free_port()
-            fake = await start_fake(port, delay_s)
+            fake = await start_fake(port, delay_s, STAMP_WORDS if deltas else 0)
             await _wait_for_port(port, 30)
             env = {
                 "DATABASE_URL": dsn,
@@ -169,7 +197,20 @@ async def measure(
                 "AIJOBS_WORKER_PORT": "off",
                 "AIJOBS_POOL_MAX_SIZE": str(pool_max),
                 "AIJOBS_LOG_FORMAT": "json",
+                "AIJOBS_STREAM_DELTAS": "on" if deltas else "off",
             }
+            api_port = free_port()
+            api = await Child.start(
+                [python(), "-m", "service", "api", "--port", str(api_port)],
+                env={
+                    **env,
+                    "AIJOBS_POOL_MAX_SIZE": "5",
+                    "AIJOBS_JWT_SECRET": BENCH_JWT_SECRET,
+                    "AIJOBS_SSE_STREAMS_PER_USER": "0",
+                },
+                label="slow-model-api",
+                reports=False,
+            )
             # The slots split evenly among the worker processes, the first taking the rest.
             shares = [concurrency // workers] * workers
             shares[0] += concurrency - sum(shares)
@@ -191,8 +232,17 @@ async def measure(
                 return bool(count == len(children))
 
             await wait_until(registered, 60, 0.05, "worker registration")
+            await _wait_for_port(api_port, 60)
             if not cold:
                 await _warm_up(conn)
+            notified: list[float] = []
+            listener = await asyncpg.connect(dsn)
+            await listener.add_listener(TEXT_CHANNEL, lambda *_: notified.append(time.monotonic()))
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None),
+                headers={"Authorization": f"Bearer {_token()}"},
+            )
             await asyncio.sleep(0.5)
             spy: asyncio.subprocess.Process | None = None
             if profile is not None:
@@ -204,6 +254,15 @@ async def measure(
             fake_cpu_before = cpu_seconds(fake.pid)
             await conn.execute(_ENQUEUE_ALL)
             start = time.monotonic()
+            delays: list[float] = []
+            follower_deltas = [0]
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM ai_jobs ORDER BY id")]
+            step = max(len(ids) // max(followers, 1), 1)
+            base = f"http://127.0.0.1:{api_port}"
+            following = [
+                asyncio.create_task(_follow(session, base, job_id, delays, follower_deltas))
+                for job_id in ids[::step][:followers]
+            ]
             finished: dict[str, int] = {}
 
             async def all_finished() -> bool:
@@ -215,6 +274,11 @@ async def measure(
             ideal_s = math.ceil(jobs / concurrency) * delay_s
             await wait_until(all_finished, ideal_s * 10 + 60, 0.02, "all jobs finished")
             elapsed = time.monotonic() - start
+            end = start + elapsed
+            await asyncio.wait(following, timeout=10)
+            notifications = [t for t in notified if start <= t <= end]
+            per_second = Counter(int(t - start) for t in notifications)
+            api_cpu = cpu_seconds(api.pid)
             peak_kb = max(proc_status_kb(c.pid, "VmHWM") for c in children)
             rss_kb = max(proc_status_kb(c.pid, "VmRSS") for c in children)
             worker_cpu = sum(cpu_seconds(c.pid) for c in children) - cpu_before
@@ -228,6 +292,14 @@ async def measure(
                 await spy.wait()
             ok = finished["failed"] == 0
         finally:
+            for task in following:
+                task.cancel()
+            if session is not None:
+                await session.close()
+            if listener is not None:
+                await listener.close()
+            if api is not None:
+                await api.stop(keep_log=not ok)
             for child in children:
                 await child.stop(keep_log=not ok)
             if fake is not None and fake.returncode is None:
@@ -257,11 +329,54 @@ async def measure(
         "fake_cpu_ms_per_job": round(1000 * fake_cpu / jobs, 2),
         "commits_per_job": round(committed / jobs, 2),
         **{f"{k}_s": round(v, 3) for k, v in phases.items() if v is not None},
+        "deltas": deltas,
+        "followers": followers,
+        "follower_deltas": follower_deltas[0],
+        "text_notifications_per_s": round(len(notifications) / elapsed, 1),
+        "text_notifications_max_in_1_s": max(per_second.values(), default=0),
+        "token_to_sse_p50_ms": round(1000 * percentile(delays, 0.5), 1) if delays else None,
+        "token_to_sse_p99_ms": round(1000 * percentile(delays, 0.99), 1) if delays else None,
+        "token_to_sse_samples": len(delays),
+        "api_cpu_s": round(api_cpu, 2),
+        "load_average_1m": round(os.getloadavg()[0], 2),
     }
 
 
-async def start_fake(port: int, delay_s: float) -> asyncio.subprocess.Process:
-    """The fake Anthropic server in a process of its own, answering after `delay_s`."""
+def _token() -> str:
+    from service.api.auth import mint_token
+
+    return mint_token(BENCH_JWT_SECRET, "bench", role="service_role")
+
+
+async def _follow(
+    session: aiohttp.ClientSession,
+    base: str,
+    job_id: object,
+    delays: list[float],
+    count: list[int],
+) -> None:
+    """Follow a job's event stream to its end; the delay of each stamped token that left the
+    fake after the stream opened, from the fake to here."""
+    opened = time.time()
+    async with session.get(f"{base}/api/ai-jobs/{job_id}/events") as response:
+        if response.status != 200:
+            return
+        parser = SseParser()
+        async for chunk in response.content.iter_any():
+            now = time.time()
+            for event in parser.feed(chunk):
+                if event.event != "delta":
+                    continue
+                count[0] += 1
+                for stamp in _STAMP.findall(orjson.loads(event.data)["text"]):
+                    sent = float(stamp)
+                    if sent >= opened:
+                        delays.append(now - sent)
+
+
+async def start_fake(port: int, delay_s: float, stamp_words: int = 0) -> asyncio.subprocess.Process:
+    """The fake Anthropic server in a process of its own, answering in `delay_s` (a streamed
+    reply written over that time)."""
     return await asyncio.create_subprocess_exec(
         python(),
         "-m",
@@ -270,6 +385,9 @@ async def start_fake(port: int, delay_s: float) -> asyncio.subprocess.Process:
         str(port),
         "--delay",
         str(delay_s),
+        "--pace",
+        "--stamp-words",
+        str(stamp_words),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -393,6 +511,10 @@ def main() -> None:
         "--sdk-only", action="store_true", help="the model calls alone: the SDK's ceiling"
     )
     parser.add_argument("--sdk-client", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--deltas", choices=("on", "off", "both"), default="both", help="AIJOBS_STREAM_DELTAS"
+    )
+    parser.add_argument("--followers", type=int, default=FOLLOWERS, help="event streams")
     args = parser.parse_args()
     preset = TINY if args.scale == "tiny" else FULL
     jobs = args.jobs or int(preset["jobs"])
@@ -412,19 +534,22 @@ def main() -> None:
         delay_s = args.delay or float(preset["delay_s"])
         print(json.dumps(asyncio.run(measure_sdk_only(jobs, delay_s, concurrency))))
         return
-    result = asyncio.run(
-        measure(
-            admin_dsn(),
-            jobs=args.jobs or int(preset["jobs"]),
-            delay_s=args.delay or float(preset["delay_s"]),
-            concurrency=args.concurrency or int(preset["concurrency"]),
-            pool_max=args.pool_max or int(preset["pool_max"]),
-            profile=args.profile,
-            cold=args.cold,
-            workers=args.workers,
+    for deltas in {"on": (True,), "off": (False,), "both": (False, True)}[args.deltas]:
+        result = asyncio.run(
+            measure(
+                admin_dsn(),
+                jobs=args.jobs or int(preset["jobs"]),
+                delay_s=args.delay or float(preset["delay_s"]),
+                concurrency=args.concurrency or int(preset["concurrency"]),
+                pool_max=args.pool_max or int(preset["pool_max"]),
+                profile=args.profile,
+                cold=args.cold,
+                workers=args.workers,
+                deltas=deltas,
+                followers=args.followers,
+            )
         )
-    )
-    print(json.dumps(result))
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -120,12 +120,14 @@ async def follow_job(
     job_id: str,
     on_job: Callable[[JobJson], None],
     *,
+    on_delta: Callable[[JobJson], None] | None = None,
     give_up_after_s: float = 60.0,
     idle_timeout_s: float = 60.0,
 ) -> JobJson:
     """Follow a job until it is completed or failed; returns the final job.
 
-    `on_job` gets each state the stream carries, in order. A stream that drops or ends
+    `on_job` gets each state the stream carries, in order; `on_delta` each `delta` event
+    (text the model wrote since the last one). A stream that drops or ends
     before the job finished is resumed after the last event received (Last-Event-ID), after
     the pause the server asked for. Raises WatchError when the API says the job cannot be
     followed (unknown job, malformed id), or has been unreachable for `give_up_after_s`.
@@ -157,6 +159,8 @@ async def follow_job(
                         retry_ms = parser.retry_ms or retry_ms
                         for event in events:
                             last_id = event.id if event.id is not None else last_id
+                            if event.event == "delta" and on_delta is not None:
+                                on_delta(orjson.loads(event.data))
                             if event.event != "job":
                                 continue
                             job: JobJson = orjson.loads(event.data)
@@ -185,13 +189,31 @@ def progress_line(job: JobJson) -> str:
     return f"{job['status']:<10} {bar}{message or ''}"
 
 
+def _stream_label(delta: JobJson) -> str:
+    """`rationale`, `rationale (batch 2, control 17)`: which text a delta adds to."""
+    where = [str(delta["part"]).replace("-", " ")] if delta.get("part") else []
+    if delta.get("controlId") is not None:
+        where.append(f"control {delta['controlId']}")
+    return f"{delta['field']} ({', '.join(where)})" if where else str(delta["field"])
+
+
 class ProgressDisplay:
-    """Draws a job's progress: one line redrawn in place on a terminal, else a line per change."""
+    """Draws a job's progress, and under it the text the model is writing.
+
+    On a terminal: the bar is one line redrawn in place, and the line under it shows the end
+    of the text being written. Else a line per change of the bar, and the text as it
+    arrives, each piece of the answer on lines of its own, indented.
+    """
 
     def __init__(self, out: TextIO, *, live: bool | None = None) -> None:
         self._out = out
         self._live = out.isatty() if live is None else live
         self._last: str | None = None
+        # The text being written: which stream, and its text so far.
+        self._stream: tuple[object, ...] | None = None
+        self._text = ""
+        # Not live: the text printed has left the cursor mid-line.
+        self._mid_line = False
 
     def show(self, job: JobJson) -> None:
         line = progress_line(job)
@@ -199,15 +221,44 @@ class ProgressDisplay:
             return
         self._last = line
         if self._live:
-            # A line wider than the terminal would wrap, and \r would redraw only its tail.
-            width = max(shutil.get_terminal_size().columns - 1, 20)
-            self._out.write(f"\r\x1b[K{line[:width]}")
+            self._draw()
         else:
+            if self._mid_line:
+                self._out.write("\n")
+                self._mid_line = False
+                self._stream = None
             self._out.write(line + "\n")
         self._out.flush()
 
+    def text(self, delta: JobJson) -> None:
+        """Text the model wrote (a `delta` event)."""
+        stream = (delta.get("attempt"), delta.get("part"), delta.get("controlId"), delta["field"])
+        new = stream != self._stream or delta.get("offset") == 0
+        self._stream = stream
+        self._text = (("" if new else self._text) + str(delta["text"]))[-2000:]
+        if self._live:
+            self._draw()
+        else:
+            if new:
+                # Indented: a line of text is never read as a line of progress.
+                self._out.write(("\n" if self._mid_line else "") + f"  {_stream_label(delta)}: ")
+            self._out.write(str(delta["text"]).replace("\n", "\n    "))
+            self._mid_line = True
+        self._out.flush()
+
+    def _draw(self) -> None:
+        # A line wider than the terminal would wrap, and \r would redraw only its tail.
+        width = max(shutil.get_terminal_size().columns - 1, 20)
+        below = " ".join(self._text.split())[-width:] if self._stream is not None else ""
+        if self._mid_line:
+            self._out.write("\x1b[1A")  # back to the bar's line
+        self._out.write(f"\r\x1b[K{(self._last or '')[:width]}")
+        if below:
+            self._out.write(f"\n\x1b[K{below}")
+        self._mid_line = bool(below)
+
     def close(self) -> None:
-        if self._live and self._last is not None:
+        if self._mid_line or (self._live and self._last is not None):
             self._out.write("\n")
             self._out.flush()
 
@@ -217,7 +268,7 @@ async def _follow_and_report(
 ) -> int:
     display = ProgressDisplay(out)
     try:
-        job = await follow_job(session, base_url, job_id, display.show)
+        job = await follow_job(session, base_url, job_id, display.show, on_delta=display.text)
     except WatchError as exc:
         display.close()
         print(f"aijobs: {exc}", file=err)

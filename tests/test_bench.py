@@ -60,12 +60,27 @@ async def test_fairness_bench_runs(databases: DatabaseFactory) -> None:
 
 
 async def test_slow_model_bench_runs(databases: DatabaseFactory) -> None:
-    figures = await slow_model.measure(
-        databases.admin_dsn, jobs=20, delay_s=0.05, concurrency=10, pool_max=4
-    )
-    assert (figures["completed"], figures["failed"]) == (20, 0)
-    assert figures["worker_peak_rss_mb"] > 0
-    assert figures["share_of_ideal_pct"] > 0
+    for deltas in (False, True):
+        figures = await slow_model.measure(
+            databases.admin_dsn,
+            jobs=20,
+            delay_s=0.3,
+            concurrency=10,
+            pool_max=4,
+            deltas=deltas,
+            followers=5,
+        )
+        assert (figures["completed"], figures["failed"]) == (20, 0)
+        assert figures["worker_peak_rss_mb"] > 0
+        assert figures["share_of_ideal_pct"] > 0
+        if deltas:
+            assert figures["follower_deltas"] > 0
+            assert figures["token_to_sse_samples"] > 0
+            assert figures["token_to_sse_p99_ms"] >= figures["token_to_sse_p50_ms"] > 0
+            assert figures["text_notifications_per_s"] > 0
+        else:
+            assert figures["follower_deltas"] == figures["token_to_sse_samples"] == 0
+            assert figures["text_notifications_per_s"] == 0
 
 
 async def test_http_bench_runs(databases: DatabaseFactory) -> None:

@@ -4,6 +4,7 @@ model's answer as it is written (`event: delta` on the event stream)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from service import watch
 from service.ai.partial_json import FieldText
 from service.api.app import create_app
 from service.config import Settings
@@ -26,6 +28,7 @@ from tests.conftest import (
     auth_headers,
     make_settings,
     seed_controls,
+    token_for,
     wait_for_job,
     wait_until,
 )
@@ -334,3 +337,28 @@ def test_text_payloads_stay_under_the_notify_limit_and_read_back() -> None:
     assert "".join(p.text for p in read if p.stream == {"field": "summary"}) == pieces[0].text
     assert next(p.offset for p in read if p.stream == {"field": "summary"}) == 0
     assert read[-1] == pieces[1]
+
+
+async def test_aijobs_watch_prints_the_text_as_it_arrives_under_the_progress(
+    worker: Any, client: Client, entities: EntityStore, fake: FakeAnthropic
+) -> None:
+    mapping = await make_mapping(entities)
+    release = asyncio.Event()
+    answer = {"score": 72, "rationale": RATIONALE, "recommendations": []}
+    fake.enqueue(Reply(tool_input=answer, hold=(60, release)))
+    job_id = await dispatch(client, f"/api/gap-analysis/ai-match/{mapping['id']}")
+    out, err = io.StringIO(), io.StringIO()
+    watching = asyncio.create_task(
+        watch.watch(str(client.make_url("/")), job_id, out, err, token=token_for())
+    )
+    # Half the answer is printed while the model is still writing it.
+    await wait_until(lambda: asyncio.sleep(0, "  rationale: The policy" in out.getvalue()))
+    assert "completed" not in out.getvalue()
+    release.set()
+    assert await asyncio.wait_for(watching, 30) == 0, err.getvalue()
+    lines = out.getvalue().splitlines()
+    text_at = next(i for i, line in enumerate(lines) if line.startswith("  rationale: "))
+    assert lines[text_at - 1].startswith("processing")
+    written = "\n".join(lines[text_at:-1]).removeprefix("  rationale: ")
+    assert written == RATIONALE.replace("\n", "\n    ")
+    assert lines[-1].startswith("completed")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import tomllib
@@ -11,14 +12,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
 from service.entities.store import EntityStore
+from service.runtime import running_worker
 from tests.browser import Browser, BrowserUnavailable, Page, chromium_path, launch
-from tests.conftest import DOCUMENT, seed_controls, token_for
-from tests.fake_anthropic import Delay, FakeAnthropic, request_text
+from tests.conftest import DOCUMENT, make_settings, seed_controls, token_for
+from tests.fake_anthropic import Delay, FakeAnthropic, Reply, request_text
 
 Client = TestClient[Any, Any]
 
@@ -329,3 +332,51 @@ async def test_without_event_streams_the_page_polls(
     await page.wait_for("document.querySelector('#connection').dataset.mode === 'idle'")
     unexpected = [e for e in page.errors if "/no-stream" not in e]
     assert unexpected == []
+
+
+@pytest.mark.timeout(BROWSER_TIMEOUT_S)
+async def test_the_page_shows_the_partial_result_and_the_text_being_written(
+    browser: Browser,
+    client: Client,
+    dsn: str,
+    pool: asyncpg.Pool,
+    entities: EntityStore,
+    fake: FakeAnthropic,
+) -> None:
+    ids = await seed(entities)
+    release = asyncio.Event()
+    fake.responder = answer
+    # One batch at a time: the first two answer, the third stops after its first rationale.
+    fake.enqueue(Reply(), Reply(), Reply(hold=(94, release)))
+    settings = make_settings(dsn, fake.url, parallel_batches=1)
+    async with running_worker(settings, dsn, pool):
+        page = await browser.new_page()
+        await page.goto(f"{client.make_url('/')}#access_token={token_for()}")
+        await loaded(page, ids)
+        await dispatch_from_page(page, "ai-map-controls", "#pick-document", ids["document"])
+        # The controls the two finished batches mapped, while the job runs.
+        found = await page.wait_for(
+            """(() => {
+                const rows = document.querySelectorAll('#detail .partial-result tbody tr');
+                const done = document.querySelector('#detail .partial-result .summary');
+                return done && done.textContent.includes("by 2 finished batches")
+                    && [...rows].map((r) => Number(r.dataset.controlId));
+            })()"""
+        )
+        assert isinstance(found, list)
+        assert sorted(found) == [c for c in range(1, 51) if c % 3 == 0]
+        # The rationale the third batch's model is writing.
+        written = await page.wait_for(
+            "(document.querySelector('#detail .live-text .live-stream')?.textContent || '')"
+            ".startsWith('batch 3') && document.querySelector('#detail .live-stream').textContent"
+        )
+        assert written == "batch 3: #51 Section 51 says so", written
+        status = await page.evaluate(
+            "document.querySelector('#detail .detail-head').dataset.status"
+        )
+        assert status == "processing"
+        release.set()
+        await shown_controls(page)
+        assert await page.evaluate("document.querySelector('#detail .live-text')") is None
+        assert await page.evaluate("document.querySelector('#detail .partial-result')") is None
+        assert page.errors == []

@@ -233,7 +233,7 @@ class TextSoFar:
     oldest go beyond `max_jobs`.
     """
 
-    def __init__(self, idle_s: float = 300.0, max_jobs: int = 10_000) -> None:
+    def __init__(self, idle_s: float = 120.0, max_jobs: int = 10_000) -> None:
         self._idle_s = idle_s
         self._max_jobs = max_jobs
         self._jobs: OrderedDict[uuid.UUID, _JobText] = OrderedDict()

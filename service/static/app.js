@@ -345,6 +345,16 @@
       }
       receive(job);
     });
+    // The model's text as it is written: not in the log, so a reconnect does not replay it.
+    source.addEventListener("delta", (event) => {
+      let delta;
+      try {
+        delta = JSON.parse(event.data);
+      } catch (_) {
+        return;
+      }
+      receiveDelta(delta);
+    });
     source.addEventListener("error", () => {
       if (followers.get(id) !== follower) return;
       errors += 1;
@@ -405,11 +415,82 @@
     return follower;
   }
 
+  // The text of running jobs as the model writes it: id -> {attempt, streams: key -> stream}.
+  const liveText = new Map();
+
+  function streamKey(delta) {
+    return `${delta.part || ""}|${delta.controlId ?? ""}|${delta.field}`;
+  }
+
+  /** Text a running job's model wrote since the last delta (a new attempt starts afresh). */
+  function receiveDelta(delta) {
+    let live = liveText.get(delta.jobId);
+    if (live && delta.attempt < live.attempt) return;
+    if (!live || delta.attempt > live.attempt) {
+      live = { attempt: delta.attempt, streams: new Map(), latest: null };
+      liveText.set(delta.jobId, live);
+    }
+    const key = streamKey(delta);
+    const known = live.streams.get(key);
+    const stream = known && known.end === delta.offset
+      ? known
+      : { field: delta.field, part: delta.part, controlId: delta.controlId, text: "", end: delta.offset };
+    stream.text += delta.text;
+    stream.end += delta.text.length;
+    live.streams.set(key, stream);
+    live.latest = key;
+    if (delta.jobId === selected) renderLiveText(delta.jobId);
+  }
+
+  /** What the selected job's model is writing: the text it wrote to last. */
+  function liveTextSection(id) {
+    const live = liveText.get(id);
+    const stream = live && live.streams.get(live.latest);
+    if (!stream) return null;
+    return h("section", { class: "live-text", "aria-label": "Being written" },
+      h("h3", {}, "Being written"),
+      h("p", { class: "live-stream", "data-field": stream.field },
+        stream.part ? h("span", { class: "muted" }, `${stream.part.replace(/-/g, " ")}: `) : null,
+        stream.controlId != null ? h("span", { class: "code" }, `#${stream.controlId} `) : null,
+        stream.text));
+  }
+
+  function renderLiveText(id) {
+    const section = liveTextSection(id);
+    const current = $("#detail-body .live-text");
+    if (current && section) current.replaceWith(section);
+    else renderDetail();
+  }
+
+  /** The controls the finished batches of a running ai-map-controls job have mapped. */
+  function partialControls(job) {
+    const partial = job.partialResult;
+    if (!partial) return null;
+    const mapped = partial.mappedControls || [];
+    return h("section", { class: "partial-result", "aria-label": "Found so far" },
+      h("h3", {}, "Found so far"),
+      h("p", { class: "summary" },
+        h("strong", { class: "mapped-count" }, String(mapped.length)),
+        ` control${mapped.length === 1 ? "" : "s"} mapped by ${partial.batchesDone} finished batch${partial.batchesDone === 1 ? "" : "es"}.`),
+      mapped.length
+        ? h("table", { class: "result-table controls" },
+          h("thead", {}, h("tr", {},
+            h("th", { scope: "col" }, "Control"),
+            h("th", { scope: "col", class: "num" }, "Confidence"),
+            h("th", { scope: "col" }, "Rationale"))),
+          h("tbody", {}, mapped.map((c) => h("tr", { "data-control-id": c.controlId },
+            h("td", {}, h("span", { class: "code" }, `#${c.controlId}`)),
+            h("td", { class: "num" }, h("span", { class: "confidence" }, `${c.confidence}%`)),
+            h("td", { class: "rationale" }, c.rationale)))))
+        : null);
+  }
+
   /** A newer state of a job, from a stream, a poll, the list or a dispatch. */
   function receive(job) {
     const known = jobs.get(job.id);
     if (known && stamp(known.updatedAt) > stamp(job.updatedAt)) return; // an older copy
     jobs.set(job.id, job);
+    if (isFinished(job)) liveText.delete(job.id);
     if (rows.has(job.id) || order.includes(job.id)) renderRow(job);
     if (job.id === selected) renderDetail();
     if (isFinished(job)) unfollow(job.id);
@@ -738,6 +819,8 @@
           h("strong", {}, "The job failed. "), job.errorMessage || "No reason was given.")
         : null,
       job.status === "completed" ? resultOf(job) : null,
+      job.status === "processing" ? partialControls(job) : null,
+      job.status === "processing" ? liveTextSection(job.id) : null,
       definitionList([
         ["Job id", h("code", {}, job.id)],
         ["Attempts", job.maxAttempts ? `${job.attempts} of ${job.maxAttempts}` : null],
