@@ -39,6 +39,8 @@ export interface AiJob {
   progressMessage: string | null;
   progress: { current: number | null; total: number | null } | null;
   result: AiJobResult | null;
+  /** While an ai-map-controls job runs: what its finished batches have mapped. */
+  partialResult?: { mappedControls: MapControlsResult["mappedControls"]; batchesDone: number } | null;
   errorMessage: string | null;
   attempts: number;
   maxAttempts?: number;
@@ -47,6 +49,22 @@ export interface AiJob {
   finishedAt?: string | null;
   createdAt: string;
   updatedAt: string;
+}
+
+/**
+ * Text the job's model wrote since the last delta of the same text (`field`, and `part` and
+ * `controlId` where the job has several): ephemeral, never replayed; a new `attempt` starts
+ * its texts afresh at offset 0.
+ */
+export interface AiJobDelta {
+  jobId: string;
+  attempt: number;
+  field: string;
+  part?: string;
+  controlId?: number;
+  text: string;
+  /** Characters of this text before `text`. */
+  offset: number;
 }
 
 export interface Dispatched {
@@ -78,6 +96,8 @@ export interface FollowOptions extends ClientOptions {
   onError?: (error: AiJobsError) => void;
   /** The EventSource class; `null` polls only. Default: the global one, if any. */
   EventSource?: EventSourceClass | null;
+  /** Called with the text of the model's answer as it is written (event streams only). */
+  onDelta?: (delta: AiJobDelta) => void;
   /** Stream errors in a row (without an event between) before polling instead. Default 3. */
   maxStreamErrors?: number;
   /** Milliseconds between polls when the server gives no Retry-After. Default 2000. */
@@ -282,6 +302,16 @@ export function openJobStream(
       if (closed) return;
       onJob(job);
       if (isFinished(job)) close();
+    });
+    opened.addEventListener("delta", (event) => {
+      if (closed || !options.onDelta) return;
+      let delta: AiJobDelta;
+      try {
+        delta = JSON.parse(String(event.data)) as AiJobDelta;
+      } catch {
+        return;
+      }
+      options.onDelta(delta);
     });
     opened.addEventListener("error", () => {
       if (closed) return;
