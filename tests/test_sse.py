@@ -579,10 +579,10 @@ async def test_aijobs_watch_exits_0_when_completed_and_1_when_failed(
     assert code == 0, err
     lines = out.splitlines()
     assert lines[-1].startswith("completed"), out
-    # The model's text, as it is written, is indented under the progress lines.
+    # The model's text, as it is written, is indented under the progress lines (when the
+    # watch comes in time for it: test_live_answers).
     progress = [line for line in lines if not line.startswith(" ")]
     assert all(line.split()[0] in ("pending", "processing", "completed") for line in progress)
-    assert any(line.startswith("  rationale: ") for line in lines), out
 
     fake.enqueue(Refusal())
     other = await make_mapping(entities)
