@@ -56,6 +56,7 @@ COMPONENTS: tuple[type[Any] | tuple[str, Any], ...] = (
     shapes.CoverageResult,
     shapes.MapControlsResult,
     shapes.Job,
+    shapes.JobDelta,
     shapes.Dispatched,
     shapes.Session,
 )
@@ -492,7 +493,9 @@ def _paths() -> dict[str, Any]:
         "`data: <the job as JSON, as GET /api/ai-jobs/{jobId} shows it>`; a `: keepalive` "
         "comment after a silence. The first event is the job's current state (or, resuming, "
         "the first event after Last-Event-ID); the stream ends after the event that completes "
-        "or fails the job."
+        "or fails the job. While the model writes its answer, also `event: delta` (no id) with "
+        "`data: <JobDelta>`: the text written since the previous delta of that text; a client "
+        "that connects mid-answer first gets one delta with the text so far."
     )
     health = _object({"status": {"type": "string"}, "reason": {"type": "string"}})
     health["required"] = ["status"]

@@ -328,6 +328,22 @@ class Job(Shape):
     updated_at: datetime
 
 
+@_RESULT
+class JobDelta(TypedDict):
+    """The `data` of an `event: delta` of a job's event stream: text the model wrote since the
+    previous delta of the same text. Ephemeral: no event id, never replayed."""
+
+    job_id: uuid.UUID
+    attempt: Annotated[int, Field(ge=1, description="A new attempt starts its texts afresh")]
+    field: Annotated[str, Field(description="The answer's field: `rationale` or `summary`")]
+    part: NotRequired[
+        Annotated[str, Field(description="Which model call of the job, when it makes several")]
+    ]
+    control_id: NotRequired[Annotated[int, Field(description="ai-map-controls: whose rationale")]]
+    text: str
+    offset: Annotated[int, Field(ge=0, description="Characters of this text before `text`")]
+
+
 class Dispatched(Shape):
     """The job recorded for the analysis: a new one (`pending`), the one already pending or
     running for the same entity, or the one named by the same Idempotency-Key"""
