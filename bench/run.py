@@ -262,13 +262,15 @@ class Suite:
         row.note = "without: " + ", ".join(f"{o['share_of_ideal_pct']:g}%" for o in off)
         self.rows.append(row)
         row = Row(
-            "slow model: the worker's text notifications per second", "/s", higher_is_better=False
+            "slow model: the worker's NOTIFY statements of text per second",
+            "/s",
+            higher_is_better=False,
         )
-        row.values = {"aijobs": spread([r["text_notifications_per_s"] for r in results], 1)}
+        row.values = {"aijobs": spread([r["text_sends_per_s"] for r in results], 1)}
         row.target = "≤ 10"
         row.met = float(row.values["aijobs"]["median"]) <= 10
-        row.note = "most in one second: " + ", ".join(
-            str(r["text_notifications_max_in_1_s"]) for r in results
+        row.note = "notifications (payloads) per second: " + ", ".join(
+            f"{r['text_notifications_per_s']:g}" for r in results
         )
         self.rows.append(row)
         for pct in ("p50", "p99"):

@@ -29,7 +29,8 @@ is STAMP_WORDS words, each the wall-clock time it left the fake, so that each fo
 measures the delay from a token leaving the fake to its delta reaching it (tokens written
 before the follower connected are not counted); and a LISTEN of this process counts the
 worker's notifications on the text channel per second (each send of the worker is one
-statement of one or more of them).
+statement of one or more of them); the workers' /metrics count the statements
+(`text_sends_per_s`) and the notifications they sent.
 
 `--sdk-only` measures the ceiling the Anthropic SDK itself sets on one process: the same
 model calls (ClaudeAnalyzer.match, on the same client and event loop as a worker), C at once
@@ -214,11 +215,13 @@ async def measure(
             # The slots split evenly among the worker processes, the first taking the rest.
             shares = [concurrency // workers] * workers
             shares[0] += concurrency - sum(shares)
-            for share in shares:
+            # Each worker's /metrics, for what it sent of the text.
+            metrics_ports = [free_port() for _ in shares]
+            for share, metrics_port in zip(shares, metrics_ports, strict=True):
                 children.append(
                     await Child.start(
                         [python(), "-m", "service", "worker", "--concurrency", str(share)],
-                        env=env,
+                        env={**env, "AIJOBS_WORKER_PORT": str(metrics_port)},
                         label="slow-model-worker",
                         reports=False,
                     )
@@ -252,6 +255,7 @@ async def measure(
             cpu_before = sum(cpu_seconds(c.pid) for c in children)
             pg_cpu_before = await _backends_cpu(conn, database)
             fake_cpu_before = cpu_seconds(fake.pid)
+            sent_before = await _text_sent(session, metrics_ports)
             await conn.execute(_ENQUEUE_ALL)
             start = time.monotonic()
             delays: list[float] = []
@@ -275,6 +279,9 @@ async def measure(
             await wait_until(all_finished, ideal_s * 10 + 60, 0.02, "all jobs finished")
             elapsed = time.monotonic() - start
             end = start + elapsed
+            sent = await _text_sent(session, metrics_ports)
+            sends = sent[0] - sent_before[0]
+            payloads = sent[1] - sent_before[1]
             await asyncio.wait(following, timeout=10)
             notifications = [t for t in notified if start <= t <= end]
             per_second = Counter(int(t - start) for t in notifications)
@@ -332,7 +339,9 @@ async def measure(
         "deltas": deltas,
         "followers": followers,
         "follower_deltas": follower_deltas[0],
-        "text_notifications_per_s": round(len(notifications) / elapsed, 1),
+        "text_sends_per_s": round(sends / elapsed, 1),
+        "text_notifications_per_s": round(payloads / elapsed, 1),
+        "text_notifications_heard_per_s": round(len(notifications) / elapsed, 1),
         "text_notifications_max_in_1_s": max(per_second.values(), default=0),
         "token_to_sse_p50_ms": round(1000 * percentile(delays, 0.5), 1) if delays else None,
         "token_to_sse_p99_ms": round(1000 * percentile(delays, 0.99), 1) if delays else None,
@@ -340,6 +349,21 @@ async def measure(
         "api_cpu_s": round(api_cpu, 2),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
+
+
+async def _text_sent(session: aiohttp.ClientSession, ports: list[int]) -> tuple[float, float]:
+    """The text statements and notifications the workers have sent so far, from /metrics."""
+    sends = payloads = 0.0
+    for port in ports:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            body = await response.text()
+        for line in body.splitlines():
+            name, _, value = line.partition(" ")
+            if name == "aijobs_text_sends_total":
+                sends += float(value)
+            elif name == "aijobs_text_notifications_total":
+                payloads += float(value)
+    return sends, payloads
 
 
 def _token() -> str:

@@ -85,6 +85,17 @@ class Worker:
         self.options = options
         # Where the jobs' ephemeral text goes (None: AIJOBS_STREAM_DELTAS=off).
         self.text = text
+        if text is not None:
+            self.metrics.counter_from(
+                "aijobs_text_sends",
+                "Statements that sent the running jobs' text (NOTIFY, at most every 100 ms)",
+                lambda: text.sends,
+            )
+            self.metrics.counter_from(
+                "aijobs_text_notifications",
+                "Notifications those statements sent (one per 7,800 bytes of text or less)",
+                lambda: text.notifications,
+            )
         self._store = store
         self._completer = Completer(store)
         self._registry = registry
