@@ -2,12 +2,85 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextvars
 import logging
 import sys
-from typing import Any
+import threading
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import orjson
 import structlog
+
+# The job an actor runs, for every line logged while it does (its processor's too): one
+# variable set once per job, merged into a line only when a line is written.
+_JOB: contextvars.ContextVar[tuple[str, str, int] | None] = contextvars.ContextVar(
+    "aijobs_job", default=None
+)
+
+
+def bind_job(job_id: str, job_type: str, attempt: int) -> None:
+    """Name the job in every line this task (and the tasks it starts) logs from now on."""
+    _JOB.set((job_id, job_type, attempt))
+
+
+def _merge_job(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    job = _JOB.get()
+    if job is not None:
+        event.setdefault("job_id", job[0])
+        event.setdefault("job_type", job[1])
+        event.setdefault("attempt", job[2])
+    return event
+
+
+class LineWriter:
+    """Writes log lines to a stream, the lines of one turn of the event loop in one write.
+
+    A busy worker logs thousands of lines a second; a write and a flush each (two system
+    calls) cost more than the rest of the line. Inside a running loop a line is buffered and
+    the buffer written at the loop's next turn; outside one (and at exit) it is written at
+    once.
+    """
+
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        atexit.register(self.flush)
+
+    def msg(self, message: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            self._lines.append(message)
+            if len(self._lines) > 1:
+                return  # a flush is scheduled already
+        if loop is None:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        if lines:
+            self._file.write("\n".join(lines) + "\n")
+            self._file.flush()
+
+    log = debug = info = warn = warning = msg
+    err = error = critical = exception = fatal = failure = msg
+
+
+class LineWriterFactory:
+    def __init__(self, file: TextIO) -> None:
+        self._writer = LineWriter(file)
+
+    def __call__(self, *args: Any) -> LineWriter:
+        return self._writer
 
 
 def _dumps(obj: Any, **_: Any) -> str:
@@ -25,6 +98,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _merge_job,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info
@@ -35,13 +109,63 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=LineWriterFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Libraries that use the standard logging module go through the same stream.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
 
 
+class _Logger:
+    """structlog's lazy logger, assembled once per configuration rather than once per call.
+
+    structlog's own proxy builds a bound logger for every call when loggers are not cached
+    (and they are not: a later `configure`, as `structlog.testing.capture_logs` makes, must
+    take effect); that costs more than a filtered-out call itself. This one keeps the logger
+    it built, and builds another when the configuration is a different one.
+    """
+
+    __slots__ = ("_bound", "_built_for", "_proxy")
+
+    def __init__(self, name: str) -> None:
+        self._proxy: Any = structlog.get_logger(name)
+        self._bound: Any = None
+        self._built_for: tuple[object, ...] = ()
+
+    def _current(self) -> Any:
+        config = _CONFIG
+        if config is None:
+            return self._proxy.bind()
+        key = (
+            config.default_processors,
+            config.default_wrapper_class,
+            config.logger_factory,
+            config.default_context_class,
+        )
+        built_for = self._built_for
+        if (
+            self._bound is None
+            or built_for[0] is not key[0]
+            or built_for[1] is not key[1]
+            or built_for[2] is not key[2]
+            or built_for[3] is not key[3]
+        ):
+            self._bound = self._proxy.bind()
+            self._built_for = key
+        return self._bound
+
+    def bind(self, **values: Any) -> Any:
+        return self._current().bind(**values)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current(), name)
+
+
+# structlog's configuration object, read to tell whether it changed; None if a later
+# structlog moves it (loggers are then assembled per call, as structlog does).
+_CONFIG: Any = getattr(getattr(structlog, "_config", None), "_CONFIG", None)
+
+
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(name)
+    logger: structlog.typing.FilteringBoundLogger = _Logger(name)
     return logger

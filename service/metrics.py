@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 WAIT_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900)
@@ -85,6 +89,14 @@ class Metrics:
         )
         self._readings = _Readings()
         r.register(self._readings)
+        self._children: dict[tuple[MetricWrapperBase, str], MetricWrapperBase] = {}
+
+    def of(self, metric: M, label: str) -> M:
+        """`metric.labels(label)`, looked up once: a worker counts every job several times."""
+        child = self._children.get((metric, label))
+        if child is None:
+            child = self._children[(metric, label)] = metric.labels(label)
+        return child  # type: ignore[return-value]
 
     def gauge_from(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A gauge whose value is read when scraped."""

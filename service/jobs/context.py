@@ -52,7 +52,7 @@ class JobContext:
         Raises LeaseLost when the job is no longer ours, which ends the actor.
         """
         await self.store.progress(self.job, message, current, total)
-        self.log.info("job_progress", message=message, current=current, total=total)
+        self.log.debug("job_progress", message=message, current=current, total=total)
 
     async def checkpoint(self, data: Any) -> None:
         """Save `data` (JSON) on the job row; a later attempt of the job reads it back from
