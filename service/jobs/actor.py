@@ -19,7 +19,7 @@ from service.jobs.model import Job, PermanentFailure, RetryLater
 from service.jobs.registry import Registry
 from service.jobs.store import JobStore, LeaseLost
 from service.jobs.text import TextPublisher
-from service.logs import get_logger
+from service.logs import bind_job, get_logger
 from service.metrics import Metrics
 
 log = get_logger(__name__)
@@ -65,6 +65,8 @@ class StopReason:
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease_lost"
     CANCELLED = "cancelled"
+    # Past the job type's time limit: the job is retried.
+    TIMED_OUT = "timed_out"
 
 
 async def run_actor(
@@ -80,6 +82,9 @@ async def run_actor(
     text: TextPublisher | None = None,
 ) -> None:
     """Run `job` and write its outcome. Never raises, except CancelledError.
+
+    The job type's time limit is kept by the caller: it cancels the actor's task with the
+    stop reason TIMED_OUT (in `stop_reasons`) while `processed` has not been called yet.
 
     `processed` is called once the processor has returned or raised, before the outcome is
     written: from then on the actor only waits for the database, and its slot can go to the
@@ -100,7 +105,7 @@ async def run_actor(
         if text is not None:
             text.forget(job.id, job.attempts)
     kind = job.job_type
-    metrics.job_duration.labels(kind).observe(time.monotonic() - outcome.started)
+    metrics.of(metrics.job_duration, kind).observe(time.monotonic() - outcome.started)
     counter = {
         "completed": metrics.jobs_completed,
         "failed": metrics.jobs_failed,
@@ -108,7 +113,7 @@ async def run_actor(
         "snoozed": metrics.jobs_snoozed,
     }.get(outcome.name)
     if counter is not None:
-        counter.labels(kind).inc()
+        metrics.of(counter, kind).inc()
 
 
 @dataclass
@@ -129,26 +134,31 @@ async def _run(
     text: TextPublisher | None,
 ) -> _Outcome:
     # The actor is a task of its own: what it binds lives in its copy of the context and
-    # goes with it.
-    structlog.contextvars.bind_contextvars(
-        job_id=str(job.id), job_type=job.job_type, attempt=job.attempts
-    )
-    job_log = log.bind()
+    # goes with it, into every line it and its processor log.
+    bind_job(str(job.id), job.job_type, job.attempts)
+    job_log = log
     started = time.monotonic()
     outcome = _Outcome(started)
     job_log.debug("job_started", entity_id=job.entity_id, max_attempts=job.max_attempts)
     job_type = registry.get(job.job_type)
-    timeout_s = job_type.timeout_s if job_type else None
     try:
         if job_type is None:
             raise PermanentFailure(f"No processor is registered for job type {job.job_type!r}")
         ctx = JobContext(job, store, job_log, text)
         try:
-            async with asyncio.timeout(timeout_s):
-                completion = await job_type.run(ctx)
-        except TimeoutError:
+            completion = await job_type.run(ctx)
+        except asyncio.CancelledError:
+            # The caller keeps the job type's time limit (see Worker): past it, the actor is
+            # cancelled with the reason TIMED_OUT, and the job is retried.
+            if stop_reasons.get((job.id, job.attempts)) != StopReason.TIMED_OUT:
+                raise
+            del stop_reasons[(job.id, job.attempts)]
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            limit_s = job_type.timeout_s
             raise RetryLater(
-                f"The job did not finish within its {timeout_s:.0f} s time limit", kind="timeout"
+                f"The job did not finish within its {limit_s:.0f} s time limit", kind="timeout"
             ) from None
         finally:
             processed()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from service.jobs.actor import RetryPolicy, StopReason, run_actor
 from service.jobs.completer import Completer
+from service.jobs.deadlines import Deadlines
 from service.jobs.duties import Backoff, Duty
 from service.jobs.leases import Heartbeat, Reaper, Registration
 from service.jobs.listener import Listener
@@ -28,6 +29,8 @@ log = get_logger(__name__)
 NEW_JOBS_CHANNEL = "ai_jobs_new"
 CANCEL_CHANNEL = "ai_jobs_cancel"
 ORPHAN_MESSAGE = "The database restarted; queued to run again"
+# From this concurrency on, a worker keeps two claims in flight (see Worker).
+TWO_CLAIMS_FROM = 8
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,16 @@ class Worker:
         self._store = store
         self._completer = Completer(store)
         self._registry = registry
-        self._wakeup = asyncio.Event()
+        # Claims in flight at once: two, each for at most half the slots, so that one is in
+        # the database while the other's jobs start; one when the slots are few, or a cap
+        # per owner is to be exact (concurrent claims cannot see each other's jobs).
+        two = options.concurrency >= TWO_CLAIMS_FROM and options.user_concurrency is None
+        self._lanes = 2 if two else 1
+        self._claim_cap = -(-options.concurrency // self._lanes)
+        self._wakeups = [asyncio.Event() for _ in range(self._lanes)]
+        self._claiming = 0  # slots the claims in flight may fill
+        self._claims_in_flight = 0
+        self._claim_finished = asyncio.Event()
         self._stopping = asyncio.Event()
         self._maybe_more = True
         self._actors: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -109,7 +121,9 @@ class Worker:
         # The attempt each actor runs: its lease is renewed for that attempt only.
         self._attempts: dict[uuid.UUID, int] = {}
         self._stop_reasons: dict[object, str] = {}
-        self._dispatcher: asyncio.Task[None] | None = None
+        # The time limit of each running processor, all kept by one timer.
+        self._deadlines: Deadlines[tuple[uuid.UUID, int]] = Deadlines(self._on_timed_out)
+        self._dispatchers: list[asyncio.Task[None]] = []
         self.listener = Listener(
             dsn,
             [NEW_JOBS_CHANNEL, CANCEL_CHANNEL],
@@ -166,7 +180,11 @@ class Worker:
 
     def wake(self) -> None:
         self._maybe_more = True
-        self._wakeup.set()
+        self._wake_lanes()
+
+    def _wake_lanes(self) -> None:
+        for wakeup in self._wakeups:
+            wakeup.set()
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -178,7 +196,10 @@ class Worker:
         await self._reaper.start()
         if self._pruner is not None:
             await self._pruner.start()
-        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="dispatcher")
+        self._dispatchers = [
+            asyncio.create_task(self._dispatch_loop(lane), name=f"dispatcher-{lane}")
+            for lane in range(self._lanes)
+        ]
         log.info(
             "worker_started",
             worker_id=self.worker_id,
@@ -191,11 +212,11 @@ class Worker:
         what is still running back to pending without counting the attempt."""
         grace = self.options.shutdown_grace_s if grace_s is None else grace_s
         self._stopping.set()
-        self._wakeup.set()
-        if self._dispatcher is not None:
+        self._wake_lanes()
+        for dispatcher in self._dispatchers:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
-            self._dispatcher = None
+                await dispatcher
+        self._dispatchers = []
         running = list(self._actors.values())
         if running:
             log.info("worker_draining", running=len(running), grace_s=grace)
@@ -204,6 +225,7 @@ class Worker:
                 task.cancel()
             if still_running:
                 await asyncio.wait(still_running)
+        self._deadlines.close()
         await self._completer.idle()
         await self._store.idle()
         if self.text is not None:
@@ -234,6 +256,11 @@ class Worker:
     def _on_lease_lost(self, job_id: uuid.UUID) -> None:
         self._stop_actor(job_id, StopReason.LEASE_LOST)
 
+    def _on_timed_out(self, slot: tuple[uuid.UUID, int]) -> None:
+        job_id, attempt = slot
+        if slot in self._processing and self._attempts.get(job_id) == attempt:
+            self._stop_actor(job_id, StopReason.TIMED_OUT)
+
     def _stop_actor(self, job_id: uuid.UUID, reason: str) -> None:
         """Stop an actor whose job is no longer ours to finish; it writes nothing more."""
         task = self._actors.get(job_id)
@@ -245,49 +272,72 @@ class Worker:
 
     # -- the claim loop -----------------------------------------------------------------
 
-    async def _dispatch_loop(self) -> None:
-        self._dispatch_duty.ran()
+    async def _dispatch_loop(self, lane: int) -> None:
+        """One claim loop (a lane); two of them keep two claims in flight."""
+        if lane == 0:
+            self._dispatch_duty.ran()
+        wakeup = self._wakeups[lane]
         backoff = Backoff(0.1, self.options.poll_interval_s)
         while not self._stopping.is_set():
             try:
-                more = await self._claim_once()
+                more = await self._claim_once(lane)
             except Exception as exc:
                 # Whatever it is (the database away, a connection the driver left in a state
                 # it cannot leave, a fault of ours), the claim loop lives on and tries again.
                 self._reconcile = True
                 wait = backoff.next()
                 self._dispatch_duty.failed(exc, retry_in_s=round(wait, 3))
-                await self._wait(wait)
+                await self._wait(wakeup, wait)
+                continue
+            if more is None:  # the first lane has orphans to hand back first
+                await self._wait(wakeup, self.options.poll_interval_s)
                 continue
             self._dispatch_duty.ran()
             backoff.reset()
             if not more:
-                await self._wait(self.options.poll_interval_s)
+                await self._wait(wakeup, self.options.poll_interval_s)
 
-    async def _claim_once(self) -> bool:
-        """Claim into the free slots; True when more work may be waiting at once."""
+    async def _claim_once(self, lane: int) -> bool | None:
+        """Claim into the free slots; True when more work may be waiting at once; None when
+        this lane must wait for the first to hand back the orphans."""
         if self._reconcile:
-            # Only this loop claims, so the running jobs are all the jobs this worker holds.
+            if lane != 0:
+                # The first lane hands back the orphans; until it has, no claim.
+                self._wakeups[0].set()
+                self._wakeups[lane].clear()
+                return None
+            # The running jobs must be all the jobs this worker holds: no claim in flight.
+            while self._claims_in_flight:
+                self._claim_finished.clear()
+                await self._claim_finished.wait()
             orphans = await self._store.release_orphans(
                 self.worker_id, list(self._attempts.items()), ORPHAN_MESSAGE
             )
             self._reconcile = False
+            self._wake_lanes()
             if orphans:
                 log.warning("jobs_released_after_outage", count=len(orphans))
-        free = self._free_slots()
-        self._wakeup.clear()
-        if free <= 0:
+        limit = min(self._free_slots() - self._claiming, self._claim_cap)
+        self._wakeups[lane].clear()
+        if limit <= 0:
             return False
-        jobs = await self._store.claim(
-            free,
-            self.worker_id,
-            self.options.lease_s,
-            fair_share=self.options.fair_share,
-            per_owner=self.options.user_concurrency,
-        )
-        for job in jobs:
-            self._spawn(job)
-        self._maybe_more = len(jobs) == free
+        self._claiming += limit
+        self._claims_in_flight += 1
+        try:
+            jobs = await self._store.claim(
+                limit,
+                self.worker_id,
+                self.options.lease_s,
+                fair_share=self.options.fair_share,
+                per_owner=self.options.user_concurrency,
+            )
+            for job in jobs:
+                self._spawn(job)
+        finally:
+            self._claiming -= limit
+            self._claims_in_flight -= 1
+            self._claim_finished.set()
+        self._maybe_more = len(jobs) == limit
         return self._maybe_more
 
     def _free_slots(self) -> int:
@@ -296,19 +346,20 @@ class Worker:
         # must not let finished jobs pile up without bound: at most `concurrency` of them.
         return min(concurrency - len(self._processing), 2 * concurrency - len(self._actors))
 
-    async def _wait(self, seconds: float) -> None:
+    async def _wait(self, wakeup: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await self._wakeup.wait()
+                await wakeup.wait()
 
     def _spawn(self, job: Job) -> None:
         # An actor of an earlier attempt may still run here (its lease ran out while the
         # database was away, and we claimed the job again): it must stop writing.
         self._stop_actor(job.id, StopReason.LEASE_LOST)
-        self.metrics.jobs_started.labels(job.job_type).inc()
+        metrics = self.metrics
+        metrics.of(metrics.jobs_started, job.job_type).inc()
         if job.started_at is not None:
             waited = (job.started_at - job.run_after).total_seconds()
-            self.metrics.queue_wait.labels(job.job_type).observe(max(waited, 0.0))
+            metrics.of(metrics.queue_wait, job.job_type).observe(max(waited, 0.0))
         task = asyncio.create_task(
             run_actor(
                 job,
@@ -327,15 +378,20 @@ class Worker:
         self._actors[job.id] = task
         self._attempts[job.id] = job.attempts
         self._processing.add((job.id, job.attempts))
+        job_type = self._registry.get(job.job_type)
+        if job_type is not None:
+            self._deadlines.add((job.id, job.attempts), job_type.timeout_s)
         task.add_done_callback(functools.partial(self._on_actor_done, job.id, job.attempts))
 
     def _on_processed(self, slot: tuple[uuid.UUID, int]) -> None:
         self._processing.discard(slot)
+        self._deadlines.discard(slot)
         if self._maybe_more or self.options.user_concurrency is not None:
-            self._wakeup.set()
+            self._wake_lanes()
 
     def _on_actor_done(self, job_id: uuid.UUID, attempt: int, task: asyncio.Task[None]) -> None:
         self._processing.discard((job_id, attempt))
+        self._deadlines.discard((job_id, attempt))
         self._stop_reasons.pop((job_id, attempt), None)
         if self._actors.get(job_id) is task:
             del self._actors[job_id]
@@ -343,4 +399,4 @@ class Worker:
         # Under a cap per owner, a claim that came back short may find more once one of an
         # owner's jobs has finished.
         if self._maybe_more or self.options.user_concurrency is not None:
-            self._wakeup.set()
+            self._wake_lanes()
