@@ -72,6 +72,13 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     http_options(api)
     worker = sub.add_parser("worker", help="run a worker")
     worker_options(worker)
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="worker processes, each with --concurrency slots, under one supervisor that "
+        "restarts a process that dies" + _DEFAULT,
+    )
     serve = sub.add_parser("serve", help="run the API and a worker in one process")
     http_options(serve)
     worker_options(serve)
@@ -159,6 +166,18 @@ async def _report(settings: Settings, args: argparse.Namespace) -> str:
             await conn.close()
 
 
+async def _supervise(settings: Settings, processes: int, concurrency: int) -> int:
+    """`aijobs worker --processes N`: migrate once, then run and watch N workers."""
+    from service import runtime
+    from service.supervisor import SupervisorOptions, supervise
+
+    async with runtime.database(settings) as dsn:
+        await runtime.run_migrations(settings, dsn)
+        return await supervise(
+            dsn, concurrency, SupervisorOptions(processes), settings.worker_http_port
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
@@ -216,6 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _run(_migrate())
         return 0
+    if args.command == "worker" and args.processes < 1:
+        parser.error("--processes must be at least 1")
+    if args.command == "worker" and args.processes > 1:
+        return _run(_supervise(settings, args.processes, args.concurrency))
     run_api = args.command in ("api", "serve")
     run_worker = args.command in ("worker", "serve")
     if run_api and settings.jwt_secret is None and not settings.insecure_dev_auth:

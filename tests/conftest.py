@@ -201,9 +201,15 @@ class WorkerProcess:
 
 
 async def start_worker_process(
-    dsn: str, fake: FakeAnthropic, concurrency: int, **env_overrides: str
+    dsn: str,
+    fake: FakeAnthropic,
+    concurrency: int,
+    *,
+    processes: int = 1,
+    **env_overrides: str,
 ) -> WorkerProcess:
-    """Start `aijobs worker --concurrency N` against `dsn` and the fake Claude."""
+    """Start `aijobs worker --concurrency N [--processes P]` against `dsn` and the fake
+    Claude."""
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -222,6 +228,7 @@ async def start_worker_process(
             "worker",
             "--concurrency",
             str(concurrency),
+            *(["--processes", str(processes)] if processes != 1 else []),
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=fd,
