@@ -2,7 +2,7 @@
 
     python -m bench.slow_model [--scale full|tiny] [--jobs 2000] [--delay 2.0]
                                [--concurrency 500] [--pool-max 20] [--workers 1] [--cold]
-                               [--profile OUT]
+                               [--processes 1] [--profile OUT]
 
 Starts the fake Anthropic server (`python -m tests.fake_anthropic --delay D`) and one
 `python -m service worker --concurrency C` against a scratch database holding 1 requirement,
@@ -176,7 +176,10 @@ async def measure(
     workers: int = 1,
     deltas: bool = True,
     followers: int = FOLLOWERS,
+    processes: int = 1,
 ) -> dict[str, Any]:
+    """`workers`: separate `aijobs worker` processes sharing the concurrency; `processes`:
+    one `aijobs worker --processes N` (a supervisor) whose N children share it."""
     async with scratch_database(server_dsn) as dsn:
         conn = await asyncpg.connect(dsn)
         fake: asyncio.subprocess.Process | None = None
@@ -215,12 +218,18 @@ async def measure(
             # The slots split evenly among the worker processes, the first taking the rest.
             shares = [concurrency // workers] * workers
             shares[0] += concurrency - sum(shares)
-            # Each worker's /metrics, for what it sent of the text.
-            metrics_ports = [free_port() for _ in shares]
-            for share, metrics_port in zip(shares, metrics_ports, strict=True):
+            # Each worker's /metrics, for what it sent of the text (a supervisor's children
+            # serve theirs on the port given plus their index).
+            supervised = ["--processes", str(processes)] if processes > 1 else []
+            metrics_ports: list[int] = []
+            for share in shares:
+                metrics_port = free_port()
+                metrics_ports += [metrics_port + i for i in range(processes)]
+                command = [python(), "-m", "service", "worker"]
+                command += ["--concurrency", str(share // processes), *supervised]
                 children.append(
                     await Child.start(
-                        [python(), "-m", "service", "worker", "--concurrency", str(share)],
+                        command,
                         env={**env, "AIJOBS_WORKER_PORT": str(metrics_port)},
                         label="slow-model-worker",
                         reports=False,
@@ -232,9 +241,11 @@ async def measure(
                     if child.proc.returncode is not None:
                         raise RuntimeError(f"a worker exited\n{child.log_tail()}")
                 count = await conn.fetchval("SELECT count(*) FROM ai_worker_registry")
-                return bool(count == len(children))
+                return bool(count == len(children) * processes)
 
             await wait_until(registered, 60, 0.05, "worker registration")
+            # The processes that run jobs: the workers, or a supervisor's children.
+            pids = [int(r["pid"]) for r in await conn.fetch("SELECT pid FROM ai_worker_registry")]
             await _wait_for_port(api_port, 60)
             if not cold:
                 await _warm_up(conn)
@@ -249,10 +260,10 @@ async def measure(
             await asyncio.sleep(0.5)
             spy: asyncio.subprocess.Process | None = None
             if profile is not None:
-                spy = await _py_spy(children[0].pid, profile)
+                spy = await _py_spy(pids[0], profile)
             database = str(await conn.fetchval("SELECT current_database()"))
             commits_before = await commits(conn, database)
-            cpu_before = sum(cpu_seconds(c.pid) for c in children)
+            cpu_before = sum(cpu_seconds(pid) for pid in pids)
             pg_cpu_before = await _backends_cpu(conn, database)
             fake_cpu_before = cpu_seconds(fake.pid)
             sent_before = await _text_sent(session, metrics_ports)
@@ -286,9 +297,9 @@ async def measure(
             notifications = [t for t in notified if start <= t <= end]
             per_second = Counter(int(t - start) for t in notifications)
             api_cpu = cpu_seconds(api.pid)
-            peak_kb = max(proc_status_kb(c.pid, "VmHWM") for c in children)
-            rss_kb = max(proc_status_kb(c.pid, "VmRSS") for c in children)
-            worker_cpu = sum(cpu_seconds(c.pid) for c in children) - cpu_before
+            peak_kb = max(proc_status_kb(pid, "VmHWM") for pid in pids)
+            rss_kb = max(proc_status_kb(pid, "VmRSS") for pid in pids)
+            worker_cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_before
             pg_cpu_after = await _backends_cpu(conn, database)
             pg_cpu = sum(cpu - pg_cpu_before.get(pid, 0.0) for pid, cpu in pg_cpu_after.items())
             fake_cpu = cpu_seconds(fake.pid) - fake_cpu_before
@@ -320,6 +331,7 @@ async def measure(
         "concurrency": concurrency,
         "pool_max": pool_max,
         "workers": workers,
+        "processes": processes,
         "cold": cold,
         "completed": finished["completed"],
         "failed": finished["failed"],
@@ -532,6 +544,12 @@ def main() -> None:
         help="worker processes sharing the concurrency (each with its own pool of --pool-max)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="one `aijobs worker --processes N` whose N children share the concurrency",
+    )
+    parser.add_argument(
         "--sdk-only", action="store_true", help="the model calls alone: the SDK's ceiling"
     )
     parser.add_argument("--sdk-client", default=None, help=argparse.SUPPRESS)
@@ -571,6 +589,7 @@ def main() -> None:
                 workers=args.workers,
                 deltas=deltas,
                 followers=args.followers,
+                processes=args.processes,
             )
         )
         print(json.dumps(result), flush=True)
