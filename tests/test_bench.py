@@ -83,6 +83,15 @@ async def test_slow_model_bench_runs(databases: DatabaseFactory) -> None:
             assert figures["text_notifications_per_s"] == figures["text_sends_per_s"] == 0
 
 
+async def test_slow_model_bench_runs_under_a_supervisor(databases: DatabaseFactory) -> None:
+    figures = await slow_model.measure(
+        databases.admin_dsn, jobs=20, delay_s=0.05, concurrency=10, pool_max=4, processes=2
+    )
+    assert (figures["completed"], figures["failed"]) == (20, 0)
+    assert figures["processes"] == 2
+    assert figures["worker_cpu_s"] > 0
+
+
 async def test_http_bench_runs(databases: DatabaseFactory) -> None:
     figures = await http_load.measure(
         databases.admin_dsn, connections=2, duration_s=0.3, warmup_s=0.1, mappings=200, users=5
