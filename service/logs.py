@@ -47,18 +47,23 @@ class LineWriter:
     def __init__(self, file: TextIO) -> None:
         self._file = file
         self._lines: list[str] = []
+        # The loop a flush is scheduled on; a loop that closed before running it leaves its
+        # lines to the next line logged, on another loop or none.
+        self._flush_on: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         atexit.register(self.flush)
 
     def msg(self, message: str) -> None:
         try:
-            loop = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         with self._lock:
             self._lines.append(message)
-            if len(self._lines) > 1:
-                return  # a flush is scheduled already
+            if loop is not None and self._flush_on is loop:
+                return  # written with the others at the loop's next turn
+            if loop is not None:
+                self._flush_on = loop
         if loop is None:
             self.flush()
         else:
@@ -67,6 +72,7 @@ class LineWriter:
     def flush(self) -> None:
         with self._lock:
             lines, self._lines = self._lines, []
+            self._flush_on = None
         if lines:
             self._file.write("\n".join(lines) + "\n")
             self._file.flush()
