@@ -247,6 +247,8 @@ async def measure(
             # The processes that run jobs: the workers, or a supervisor's children.
             pids = [int(r["pid"]) for r in await conn.fetch("SELECT pid FROM ai_worker_registry")]
             await _wait_for_port(api_port, 60)
+            for metrics_port in metrics_ports:  # a worker serves /metrics once it has started
+                await _wait_for_port(metrics_port, 60)
             if not cold:
                 await _warm_up(conn)
             notified: list[float] = []
