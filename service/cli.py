@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from service import watch
 from service.config import JOB_TYPES, ConfigError, Settings
 from service.logs import configure_logging
+from service.supervisor import follow_supervisor
 
 T = TypeVar("T")
 
@@ -239,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--processes must be at least 1")
     if args.command == "worker" and args.processes > 1:
         return _run(_supervise(settings, args.processes, args.concurrency))
+    if args.command == "worker" and not follow_supervisor():
+        print("aijobs: the supervisor of this worker has exited", file=sys.stderr)
+        return 1
     run_api = args.command in ("api", "serve")
     run_worker = args.command in ("worker", "serve")
     if run_api and settings.jwt_secret is None and not settings.insecure_dev_auth:

@@ -5,19 +5,22 @@ CPU per call, so a process running hundreds of model calls at once is bound by i
 before by its slots. The supervisor runs N ordinary workers (`aijobs worker`, each with
 `--concurrency` slots and a registry entry of its own) and only watches them: it forwards
 SIGTERM and SIGINT for a graceful drain, starts again a child that exits while it should
-not, and gives up (stops the others, exits 1) when children keep dying.
+not, and gives up (stops the others, exits 1) when children keep dying. A child asks the
+kernel for SIGTERM when the supervisor dies, so a supervisor killed outright (SIGKILL, OOM)
+leaves no worker behind: each drains and exits as if told to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from service.logs import get_logger
@@ -116,6 +119,29 @@ class Supervisor:
         return len(self._exits) > self._options.max_restarts
 
 
+# The environment variable that tells a worker the pid of the supervisor it belongs to.
+SUPERVISOR_PID_ENV = "AIJOBS_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def follow_supervisor(environ: Mapping[str, str] = os.environ) -> bool:
+    """In a supervised worker: have the kernel send SIGTERM when the supervisor dies.
+
+    False when the supervisor is gone already (the caller exits at once); True otherwise,
+    including when not supervised or where the kernel has no such request (not Linux): there
+    a killed supervisor's children run on until stopped.
+    """
+    supervisor = environ.get(SUPERVISOR_PID_ENV)
+    if not supervisor:
+        return True
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    # Asked after the supervisor died: no signal will come, so look.
+    return os.getppid() == int(supervisor)
+
+
 def worker_command(concurrency: int) -> list[str]:
     return [sys.executable, "-m", "service", "worker", "--concurrency", str(concurrency)]
 
@@ -125,7 +151,7 @@ def worker_env(
 ) -> dict[str, str]:
     """A child's environment: the supervisor's, the database it chose, and a metrics port of
     its own (the configured one plus its index)."""
-    env = {**base, "DATABASE_URL": dsn}
+    env = {**base, "DATABASE_URL": dsn, SUPERVISOR_PID_ENV: str(os.getpid())}
     if metrics_port is not None and metrics_port != 0:
         env["AIJOBS_WORKER_PORT"] = str(metrics_port + index)
     return env

@@ -114,3 +114,50 @@ async def test_the_supervisor_passes_sigterm_on_and_exits_0_once_its_children_ha
     supervisor.stop(signal.SIGTERM)
     assert await asyncio.wait_for(running, 30) == 0
     assert supervisor.pids == []
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def test_workers_drain_and_leave_when_their_supervisor_is_killed_outright(
+    dsn: str, pool: asyncpg.Pool, entities: EntityStore, jobs: JobStore, fake: FakeAnthropic
+) -> None:
+    await count_match_writes(pool)
+    mapping_ids = await make_mappings(entities, 10)
+    fake.default = Delay(2.0)
+    lease = {"AIJOBS_LEASE": "2", "AIJOBS_HEARTBEAT": "0.5", "AIJOBS_WORKER_PORT": "off"}
+    supervisor = await start_worker_process(dsn, fake, 10, processes=2, **lease)
+
+    async def both_registered() -> bool:
+        return len(await worker_pids(pool)) == 2
+
+    await wait_until(both_registered, within=60)
+    children = await worker_pids(pool)
+    queued = [await jobs.enqueue("ai-match", m) for m in mapping_ids]
+    await fake.wait_for_requests(10, timeout=30)
+    supervisor.signal(signal.SIGKILL)
+    await supervisor.wait()
+
+    # The kernel tells each child its supervisor died: it drains and deregisters, as on SIGTERM.
+    async def children_gone() -> bool:
+        return not await worker_pids(pool) and not any(process_alive(p) for p in children)
+
+    await wait_until(children_gone, within=60)
+    # Whatever they did not finish, another worker does; each result is written once.
+    successor = await start_worker_process(dsn, fake, 10, **lease)
+    try:
+        done = [await wait_for_job(jobs, j.id, within=60) for j in queued]
+    finally:
+        successor.signal(signal.SIGTERM)
+        await successor.wait()
+    assert {j.status for j in done} == {"completed"}
+    writes = Counter(
+        r["mapping_id"] for r in await pool.fetch("SELECT mapping_id FROM test_match_writes")
+    )
+    assert writes == Counter({m: 1 for m in mapping_ids})
