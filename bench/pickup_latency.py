@@ -34,31 +34,38 @@ async def measure(
 ) -> dict[str, Any]:
     async with scratch_database(admin_dsn, aijobs_schema=system == "aijobs") as dsn:
         await queues.install(system, dsn)
-        child = await Child.start(
-            worker_proc.command(system, dsn, 10, jobs, "--record-starts"),
-            label=f"pickup-{system}",
-        )
-        ok = False
+        return await measure_in(dsn, jobs, gap_ms, system)
+
+
+async def measure_in(
+    dsn: str, jobs: int = 200, gap_ms: float = 20, system: str = "aijobs"
+) -> dict[str, Any]:
+    """The same in a database that has the queue's schema already (and whatever rows)."""
+    child = await Child.start(
+        worker_proc.command(system, dsn, 10, jobs, "--record-starts"),
+        label=f"pickup-{system}",
+    )
+    ok = False
+    try:
+        await child.expect("start", within=60)
+        # Let it settle into idleness: listener connected, first empty claim done.
+        await asyncio.sleep(1.0)
+        conn = await (asyncpg.connect(dsn) if system == "pgqueuer" else connect(dsn))
         try:
-            await child.expect("start", within=60)
-            # Let it settle into idleness: listener connected, first empty claim done.
-            await asyncio.sleep(1.0)
-            conn = await (asyncpg.connect(dsn) if system == "pgqueuer" else connect(dsn))
-            try:
-                enqueuer = queues.Enqueuer(system, conn)
-                committed: dict[str, float] = {}
-                for _ in range(jobs):
-                    job_id = await enqueuer.one()
-                    committed[job_id] = time.monotonic()
-                    await asyncio.sleep(gap_ms / 1000)
-            finally:
-                await conn.close()
-            await child.expect("ran", within=60)
-            child.terminate()
-            result = await child.expect("result", within=60)
-            ok = True
+            enqueuer = queues.Enqueuer(system, conn)
+            committed: dict[str, float] = {}
+            for _ in range(jobs):
+                job_id = await enqueuer.one()
+                committed[job_id] = time.monotonic()
+                await asyncio.sleep(gap_ms / 1000)
         finally:
-            await child.stop(keep_log=not ok)
+            await conn.close()
+        await child.expect("ran", within=60)
+        child.terminate()
+        result = await child.expect("result", within=60)
+        ok = True
+    finally:
+        await child.stop(keep_log=not ok)
     starts: dict[str, float] = result["starts"]
     delays = [(starts[j] - committed[j]) * 1000 for j in committed]
     return {

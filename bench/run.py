@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import fairness, http_load, pickup_latency, queues, slow_model, throughput
+from bench import fairness, http_load, pickup_latency, queues, scale, slow_model, throughput
 from bench import profile as profiling
 from bench.common import RESULTS, admin_dsn, spread
 from service.logs import configure_logging
 
-SECTIONS = ("throughput", "pickup", "slow_model", "fairness", "http", "sse", "profile")
+SECTIONS = ("throughput", "pickup", "slow_model", "fairness", "http", "sse", "scale", "profile")
 REFERENCE = "floor"  # for queue figures; "bare" (aiohttp) for HTTP ones
 
 # SSE fan-out lives in bench/sse_fanout.py (written alongside this suite); the runner calls
@@ -97,6 +97,7 @@ class Suite:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     profile: dict[str, Any] | None = None
+    grown_tables: dict[str, Any] | None = None
 
     @property
     def tiny(self) -> bool:
@@ -436,6 +437,64 @@ class Suite:
             row.met = float(row.values["aijobs"]["median"]) < 5
             self.rows.append(row)
 
+    async def scale_section(self) -> None:
+        preset = scale.TINY if self.tiny else scale.FULL
+        result = await scale.measure(self.server_dsn, preset, self.runs)
+        self.raw["scale"] = result
+        figures = result["figures"]
+        size = (
+            f"{result['finished']:,} finished jobs and their events, "
+            f"{result['pending']:,} scheduled for later"
+        )
+
+        def compared(label: str, unit: str, key: str, digits: int, faster: bool) -> None:
+            row = Row(f"scale: {label}, with {size}", unit, higher_is_better=faster)
+            row.values = {
+                "aijobs": spread(figures["loaded"][key], digits),
+                "empty": spread(figures["empty"][key], digits),
+            }
+            ratio = row.ratio("empty")
+            if faster:
+                row.target = "≥ 0.9x empty tables"
+                row.met = None if ratio is None else ratio >= 0.9
+            else:  # a time: 0.9x the speed is 1/0.9 the time
+                row.target = "≤ 1.11x empty tables"
+                row.met = None if ratio is None else ratio <= 1 / 0.9
+            self.rows.append(row)
+
+        jobs = f"{result['drain_jobs']:,} jobs, concurrency {result['concurrency']}"
+        compared(f"no-op throughput, {jobs}", "jobs/s", "jobs_per_s", 1, True)
+        compared("pickup latency p50", "ms", "pickup_p50_ms", 2, False)
+        compared("pickup latency p99", "ms", "pickup_p99_ms", 2, False)
+        compared("GET /api/ai-jobs/{id} p50", "ms", "get_p50_ms", 3, False)
+        pruned = result["prune"]
+        row = Row(
+            f"scale: retention prune of {pruned['deleted']:,} finished jobs and their events "
+            f"(the pruner, 1,000 a transaction) [{pruned['jobs_per_s_pruned']:,} jobs/s]",
+            "s",
+            higher_is_better=False,
+        )
+        row.values = {"aijobs": spread([pruned["prune_s"]], 1)}
+        self.rows.append(row)
+        row = Row(
+            f"scale: no-op throughput, {jobs}, while the prune runs "
+            f"[{pruned['drains']} drains back to back]",
+            "jobs/s",
+        )
+        row.values = {
+            "aijobs": spread([pruned["jobs_per_s"]], 1),
+            "empty": spread(figures["empty"]["jobs_per_s"], 1),
+        }
+        self.rows.append(row)
+        self.grown_tables = {
+            "load_s": result["load_s"],
+            "sizes": result["sizes"],
+            "plans": {
+                name: {k: v for k, v in plan.items() if k != "plan"}
+                for name, plan in result["plans"].items()
+            },
+        }
+
     async def profile_section(self) -> None:
         jobs = throughput.jobs_for(self.scale)
         self.profile = await profiling.profile_drain(self.server_dsn, jobs, concurrency=50)
@@ -458,6 +517,7 @@ class Suite:
             ("fairness", self.fairness),
             ("http", self.http),
             ("sse", self.sse),
+            ("scale", self.scale_section),
             ("profile", self.profile_section),
         ]
         for name, step in steps:
@@ -509,6 +569,14 @@ def _ratio(row: Row, system: str) -> str:
     return "—" if ratio is None else f"{ratio:.2f}x"
 
 
+def _reference(row: Row) -> str:
+    """The column a row is compared with besides PgQueuer."""
+    for reference in ("bare", "empty"):
+        if reference in row.values:
+            return reference
+    return REFERENCE
+
+
 def table(rows: list[Row]) -> str:
     """A Markdown table: one row per figure."""
     header = [
@@ -516,15 +584,15 @@ def table(rows: list[Row]) -> str:
         "unit",
         "aijobs",
         "PgQueuer",
-        "floor / bare aiohttp",
+        "floor / bare aiohttp / empty tables",
         "aijobs ÷ PgQueuer",
-        "aijobs ÷ floor/bare",
+        "aijobs ÷ floor/bare/empty",
         "target",
         "met",
     ]
     lines = [header]
     for row in rows:
-        reference = "bare" if "bare" in row.values else REFERENCE
+        reference = _reference(row)
         if row.not_taken is not None:
             missing = f"not taken: {row.not_taken}"
             lines.append([row.figure, row.unit or "—", missing, "—", "—", "—", "—", "—", "n/a"])
@@ -602,7 +670,7 @@ async def run_suite(
                 "unit": r.unit,
                 "values": r.values,
                 "ratio_to_pgqueuer": r.ratio("pgqueuer"),
-                "ratio_to_reference": r.ratio("bare" if "bare" in r.values else REFERENCE),
+                "ratio_to_reference": r.ratio(_reference(r)),
                 "target": r.target,
                 "met": r.met,
                 "note": r.note,
@@ -612,6 +680,7 @@ async def run_suite(
         ],
         "notes": suite.notes,
         "profile": suite.profile,
+        "grown_tables": suite.grown_tables,
         "raw": suite.raw,
     }
     result["path"] = str(_write(result, out_dir, started.strftime("%Y%m%d-%H%M%S")))
@@ -638,10 +707,36 @@ def render(result: dict[str, Any]) -> str:
     ]
     if result["notes"]:
         parts += ["", *(f"note: {n}" for n in result["notes"])]
+    if result.get("grown_tables"):
+        parts += ["", _scale_summary(result["grown_tables"])]
     if result["profile"]:
         parts += ["", profiling.format_summary(result["profile"])]
     parts += ["", f"written to {result['path']}"]
     return "\n".join(parts)
+
+
+def _scale_summary(summary: dict[str, Any]) -> str:
+    """Sizes of the grown tables and indexes, and what the queue's scans read of ai_jobs."""
+    mb = 1024 * 1024
+    sizes = summary["sizes"]
+    lines = [f"scale: tables after the load ({summary['load_s']:g} s to load)"]
+    for t in sizes["tables"]:
+        lines.append(
+            f"  {t['name']}: {sizes['rows'][t['name']]:,} rows, {t['total'] / mb:,.1f} MB "
+            f"(heap {t['heap'] / mb:,.1f} MB, {t['index_count']} indexes "
+            f"{t['indexes'] / mb:,.1f} MB)"
+        )
+    for i in sizes["indexes"]:
+        partial = f"  WHERE {i['predicate']}" if i["predicate"] else ""
+        lines.append(f"    {i['name']}: {i['bytes'] / mb:,.1f} MB{partial}")
+    lines.append("scale: EXPLAIN (ANALYZE, BUFFERS) in the grown tables (plans in the JSON)")
+    for name, plan in summary["plans"].items():
+        whole = "  READS THE WHOLE TABLE" if plan["seq_scan_of_ai_jobs"] else ""
+        lines.append(
+            f"  {name}: {plan['ms']} ms, {plan['buffers']} buffers; "
+            f"{', '.join(plan['ai_jobs_scans'])}{whole}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from bench import fairness, http_load, pickup_latency, queues, run, slow_model, throughput
+from bench import (
+    fairness,
+    http_load,
+    pickup_latency,
+    queues,
+    run,
+    scale,
+    slow_model,
+    throughput,
+)
 from bench.profile import summarise
 from tests.pg import DatabaseFactory
 
@@ -112,6 +121,29 @@ async def test_runner_writes_one_table_and_json(databases: DatabaseFactory, tmp_
     written = json.loads((tmp_path / "latest.json").read_text())
     assert written["rows"][0]["values"]["aijobs"]["runs"]
     assert "written to" in run.render(result)
+
+
+async def test_scale_bench_runs(databases: DatabaseFactory, tmp_path: Path) -> None:
+    result = await run.run_suite(
+        databases.admin_dsn, "tiny", runs=1, only={"scale"}, out_dir=tmp_path
+    )
+    rows = [r for r in result["rows"] if r["figure"].startswith("scale:")]
+    assert len(rows) == 6 and not any(r["not_taken"] for r in result["rows"])
+    compared = [r for r in rows if r["target"]]
+    assert len(compared) == 4 and all(r["ratio_to_reference"] > 0 for r in compared)
+    raw = result["raw"]["scale"]
+    assert raw["sizes"]["rows"]["ai_jobs"] == scale.TINY.finished + scale.TINY.pending
+    # Three events per finished job, one per scheduled one.
+    assert raw["sizes"]["rows"]["ai_job_events"] == 3 * scale.TINY.finished + scale.TINY.pending
+    # The prune deleted every loaded finished job and nothing the drains had just finished.
+    assert raw["prune"]["deleted"] == scale.TINY.finished
+    after = raw["sizes_after_prune"]["rows"]["ai_jobs"]
+    assert after > scale.TINY.pending
+    plans = result["grown_tables"]["plans"]
+    assert "ai_jobs_pending_owner_idx" in " ".join(
+        plans["claim (fair share, the default)"]["ai_jobs_scans"]
+    )
+    assert "scale: EXPLAIN (ANALYZE, BUFFERS)" in run.render(result)
 
 
 async def test_a_figure_that_cannot_be_taken_is_reported_and_the_rest_still_are(

@@ -256,6 +256,19 @@ async def test_prune_removes_only_what_is_old(dsn: str, pool: asyncpg.Pool, jobs
     assert await Pruner(jobs, 30 * 24 * 3600, 60).prune() == 2500
     assert {r["id"] for r in await pool.fetch("SELECT id FROM ai_jobs")} == {recent, old_pending}
 
+    # Finished at as many moments, 10 minutes apart, across batch boundaries and the
+    # retention's edge: each batch goes on from where the last ended, and stops at the edge.
+    await pool.execute(
+        "INSERT INTO ai_jobs (job_type, entity_id, status, finished_at)"
+        " SELECT 'ai-map-controls', 10000 + i, CASE WHEN i % 7 = 0 THEN 'failed'"
+        " ELSE 'completed' END, now() - interval '30 days' + interval '25 minutes'"
+        " - i * interval '10 minutes' FROM generate_series(0, 2599) AS i"
+    )
+    # i = 0, 1, 2 finished less than 30 days ago (by 25, 15, 5 minutes): kept.
+    assert await Pruner(jobs, 30 * 24 * 3600, 60).prune() == 2600 - 3
+    left = await pool.fetch("SELECT entity_id FROM ai_jobs WHERE entity_id >= 10000")
+    assert sorted(r["entity_id"] for r in left) == [10000, 10001, 10002]
+
 
 async def test_workers_register_and_deregister(
     dsn: str, pool: asyncpg.Pool, fake: FakeAnthropic

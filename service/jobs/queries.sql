@@ -328,8 +328,24 @@ DELETE FROM ai_worker_registry WHERE heartbeat_at < now() - make_interval(secs =
 SELECT pg_try_advisory_xact_lock($1);
 
 -- name: prune_finished
--- One batch, one short transaction: see ai_jobs_prune in sql/.
-SELECT ai_jobs_prune(make_interval(secs => $1), $2);
+-- One batch, one short transaction, as ai_jobs_prune in sql/ does it: the oldest $2 jobs
+-- finished more than $1 seconds ago (their events go with them), from finished_at $3 on (NULL:
+-- from the oldest). The pruner passes the previous batch's last finished_at: the index
+-- entries of the rows it deleted stay in ai_jobs_finished_idx until vacuum, and a scan from
+-- the start would step over all of them again, so that each batch of a long prune cost more
+-- than the one before. Returns how many were deleted and the last one's finished_at.
+WITH doomed AS (
+  SELECT id, finished_at FROM ai_jobs
+  WHERE status IN ('completed', 'failed')
+    AND finished_at < now() - make_interval(secs => $1)
+    AND finished_at >= coalesce($3::timestamptz, '-infinity')
+  ORDER BY finished_at
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+), deleted AS (
+  DELETE FROM ai_jobs AS j USING doomed WHERE j.id = doomed.id RETURNING doomed.finished_at
+)
+SELECT count(*) AS deleted, max(finished_at) AS last_finished_at FROM deleted;
 
 -- name: session_role
 SELECT current_user::text;

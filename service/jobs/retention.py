@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 from service.db.queries import Queries
 from service.jobs.periodic import Periodic
 from service.jobs.store import JobStore
@@ -33,14 +35,20 @@ class Pruner(Periodic):
         """Delete what is old now; returns how many jobs were deleted (0 if another worker
         holds the lock)."""
         total = 0
+        # Each batch goes on from where the last ended (see prune_finished). A row skipped
+        # because it was locked is left for the next prune.
+        after: datetime.datetime | None = None
         while True:
             async with self._store.pool.acquire() as conn, conn.transaction():
                 if not await conn.fetchval(Q.try_prune_lock, PRUNE_LOCK_ID):
                     break
-                deleted: int = await conn.fetchval(Q.prune_finished, self._retention_s, BATCH)
+                batch = await conn.fetchrow(Q.prune_finished, self._retention_s, BATCH, after)
+            assert batch is not None
+            deleted: int = batch["deleted"]
             total += deleted
             if deleted < BATCH:
                 break
+            after = batch["last_finished_at"]
         if total:
             log.info("jobs_pruned", count=total, retention_s=self._retention_s)
         return total
