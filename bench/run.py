@@ -502,7 +502,7 @@ class Suite:
 
     def record_not_taken(self, what: str, error: BaseException) -> None:
         """A figure that could not be taken: a row saying so, and the rest of the suite goes on."""
-        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0][:200]
+        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0][:160]
         log(f"{what}: not taken: {reason}")
         self.rows.append(Row(what, "", not_taken=reason))
         self.raw.setdefault("not_taken", []).append({"figure": what, "reason": reason})
@@ -594,8 +594,8 @@ def table(rows: list[Row]) -> str:
     for row in rows:
         reference = _reference(row)
         if row.not_taken is not None:
-            missing = f"not taken: {row.not_taken}"
-            lines.append([row.figure, row.unit or "—", missing, "—", "—", "—", "—", "—", "n/a"])
+            missing = f"{row.figure} [not taken: {row.not_taken}]"
+            lines.append([missing, row.unit or "—", "not taken", "—", "—", "—", "—", "—", "n/a"])
             continue
         verdict = {True: "met", False: "NOT MET", None: "n/a"}[row.met] if row.target else "—"
         lines.append(
