@@ -99,6 +99,16 @@ async def test_schema_constraints(pool: asyncpg.Pool) -> None:
     assert {r["rolname"] for r in roles} == {"authenticated", "service_role"}
 
 
+async def test_the_queue_table_is_vacuumed_after_a_fiftieth_of_it_changes(
+    pool: asyncpg.Pool,
+) -> None:
+    options = await pool.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'ai_jobs'")
+    assert set(options) >= {
+        "autovacuum_vacuum_scale_factor=0.02",
+        "autovacuum_vacuum_threshold=1000",
+    }
+
+
 async def test_rls_lets_an_authenticated_user_read_only_their_jobs(pool: asyncpg.Pool) -> None:
     await pool.execute(
         "INSERT INTO ai_jobs (job_type, entity_id, created_by) VALUES"
