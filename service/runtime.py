@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator
 
@@ -177,7 +178,18 @@ async def running_worker(
             build_registry(deps, {t: settings.timeout_for(t) for t in JOB_TYPES}),
             worker_options(settings, concurrency),
             metrics=metrics,
-            text=TextPublisher(pool) if settings.stream_deltas else None,
+            text=TextPublisher(
+                pool,
+                # A connection of its own, as the listener's: on AIJOBS_DIRECT_URL when set.
+                connect=functools.partial(
+                    connect,
+                    settings.session_url(dsn),
+                    "aijobs-worker-text",
+                    pooled=settings.pooled and settings.session_url(dsn) == dsn,
+                ),
+            )
+            if settings.stream_deltas
+            else None,
         )
         await worker.start()
         http = await _serve_worker_ops(settings, pool, worker)

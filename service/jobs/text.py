@@ -21,7 +21,7 @@ import contextlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -119,10 +119,22 @@ class _Pending:
 
 class TextPublisher:
     """Sends the text a worker's jobs write, all of them together, at most every
-    `interval_s`: one statement per send, however many jobs wrote."""
+    `interval_s`: one statement per send, however many jobs wrote.
 
-    def __init__(self, pool: asyncpg.Pool, interval_s: float = 0.1) -> None:
+    With `connect`, it sends on a connection of its own (opened again after a failure), so
+    that the text does not wait behind the jobs' writes for a pooled connection; else
+    through `pool`.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        interval_s: float = 0.1,
+        connect: Callable[[], Awaitable[asyncpg.Connection]] | None = None,
+    ) -> None:
         self._pool = pool
+        self._connect = connect
+        self._conn: asyncpg.Connection | None = None
         self._interval_s = interval_s
         # What waits for the next send, by (job, attempt, stream), in the order written.
         self._pending: dict[tuple[uuid.UUID, int, StreamKey], _Pending] = {}
@@ -146,6 +158,10 @@ class TextPublisher:
                 await task
         with contextlib.suppress(Exception):
             await self._send()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
 
     def write(
         self, job_id: uuid.UUID, attempt: int, stream: Mapping[str, str | int], text: str
@@ -181,6 +197,20 @@ class TextPublisher:
             await self._send()
             await asyncio.sleep(self._interval_s)
 
+    async def _execute(self, payloads: list[str]) -> None:
+        if self._connect is None:
+            await self._pool.execute(Q.notify_many, TEXT_CHANNEL, payloads)
+            return
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await self._connect()
+        try:
+            await self._conn.execute(Q.notify_many, TEXT_CHANNEL, payloads)
+        except Exception:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):
+                conn.terminate()
+            raise
+
     async def _send(self) -> None:
         pending, self._pending = self._pending, {}
         sent, self._sent = self._sent, None
@@ -194,7 +224,7 @@ class TextPublisher:
                 ]
             )
             try:
-                await self._pool.execute(Q.notify_many, TEXT_CHANNEL, payloads)
+                await self._execute(payloads)
             except Exception as exc:
                 # The text is ephemeral: followers see a gap; the job goes on.
                 if not self._failing:
