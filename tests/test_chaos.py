@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import WorkerProcess, start_worker_process
 from tests.fake_anthropic import Delay, FakeAnthropic
-from tests.test_reliability import count_match_writes
+from tests.test_reliability import count_match_writes, match_writes
 
 pytestmark = pytest.mark.chaos
 
@@ -108,9 +108,7 @@ async def test_chaos(dsn: str, pool: asyncpg.Pool, fake: FakeAnthropic) -> None:
             await worker.wait()
 
     statuses = Counter(r["status"] for r in await pool.fetch("SELECT status FROM ai_jobs"))
-    writes = Counter(
-        r["mapping_id"] for r in await pool.fetch("SELECT mapping_id FROM test_match_writes")
-    )
+    writes = await match_writes(pool)
     duplicated = sum(1 for n in writes.values() if n > 1)
     lost = JOBS - statuses["completed"]
     figures = {

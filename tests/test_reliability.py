@@ -61,6 +61,13 @@ async def count_match_writes(pool: asyncpg.Pool) -> None:
     )
 
 
+async def match_writes(pool: asyncpg.Pool) -> Counter[int]:
+    """How many times each mapping's match result was written (see count_match_writes)."""
+    return Counter(
+        r["mapping_id"] for r in await pool.fetch("SELECT mapping_id FROM test_match_writes")
+    )
+
+
 # -- cancellation -----------------------------------------------------------------------
 
 
@@ -297,9 +304,7 @@ async def test_a_killed_workers_jobs_run_again_elsewhere_exactly_once(
     # first attempt; the others ran again.
     assert {j.attempts for j in done} <= {1, 2}
     assert sum(j.attempts == 2 for j in done) >= 10
-    writes = Counter(
-        r["mapping_id"] for r in await pool.fetch("SELECT mapping_id FROM test_match_writes")
-    )
+    writes = await match_writes(pool)
     assert writes == Counter({m: 1 for m in mapping_ids})
     # Lease (2 s) + reaper interval (1 s) + one model call (1.5 s), with room for a slow day.
     assert recovered_after < 30

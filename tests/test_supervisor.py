@@ -15,13 +15,27 @@ import asyncpg
 from service.entities.store import EntityStore
 from service.jobs.store import JobStore
 from service.supervisor import Supervisor, SupervisorOptions
-from tests.conftest import start_worker_process, wait_for_job, wait_until
+from tests.conftest import WorkerProcess, start_worker_process, wait_for_job, wait_until
 from tests.fake_anthropic import Delay, FakeAnthropic
-from tests.test_reliability import count_match_writes, make_mappings
+from tests.test_reliability import count_match_writes, make_mappings, match_writes
 
 
 async def worker_pids(pool: asyncpg.Pool) -> set[int]:
     return {r["pid"] for r in await pool.fetch("SELECT pid FROM ai_worker_registry")}
+
+
+SHORT_LEASE = {"AIJOBS_LEASE": "2", "AIJOBS_HEARTBEAT": "0.5", "AIJOBS_WORKER_PORT": "off"}
+
+
+async def start_two_workers(dsn: str, pool: asyncpg.Pool, fake: FakeAnthropic) -> WorkerProcess:
+    """`aijobs worker --processes 2` with short leases, once both workers have registered."""
+    supervisor = await start_worker_process(dsn, fake, 10, processes=2, **SHORT_LEASE)
+
+    async def both_registered() -> bool:
+        return len(await worker_pids(pool)) == 2
+
+    await wait_until(both_registered, within=60)
+    return supervisor
 
 
 async def test_a_killed_worker_process_is_replaced_and_its_jobs_run_once_in_effect(
@@ -30,14 +44,8 @@ async def test_a_killed_worker_process_is_replaced_and_its_jobs_run_once_in_effe
     await count_match_writes(pool)
     mapping_ids = await make_mappings(entities, 20)
     fake.default = Delay(1.5)
-    lease = {"AIJOBS_LEASE": "2", "AIJOBS_HEARTBEAT": "0.5", "AIJOBS_WORKER_PORT": "off"}
-    supervisor = await start_worker_process(dsn, fake, 10, processes=2, **lease)
+    supervisor = await start_two_workers(dsn, pool, fake)
     try:
-
-        async def both_registered() -> bool:
-            return len(await worker_pids(pool)) == 2
-
-        await wait_until(both_registered, within=60)
         first = await worker_pids(pool)
         queued = [await jobs.enqueue("ai-match", m) for m in mapping_ids]
         await fake.wait_for_requests(20, timeout=30)
@@ -63,9 +71,7 @@ async def test_a_killed_worker_process_is_replaced_and_its_jobs_run_once_in_effe
     # The killed process's jobs ran again (a second attempt); every result was written once.
     assert {j.attempts for j in done} <= {1, 2}
     assert any(j.attempts == 2 for j in done)
-    writes = Counter(
-        r["mapping_id"] for r in await pool.fetch("SELECT mapping_id FROM test_match_writes")
-    )
+    writes = await match_writes(pool)
     assert writes == Counter({m: 1 for m in mapping_ids})
     events = [e["event"] for e in supervisor.log_lines()]
     assert events.count("worker_process_died") == 1
@@ -131,13 +137,7 @@ async def test_workers_drain_and_leave_when_their_supervisor_is_killed_outright(
     await count_match_writes(pool)
     mapping_ids = await make_mappings(entities, 10)
     fake.default = Delay(2.0)
-    lease = {"AIJOBS_LEASE": "2", "AIJOBS_HEARTBEAT": "0.5", "AIJOBS_WORKER_PORT": "off"}
-    supervisor = await start_worker_process(dsn, fake, 10, processes=2, **lease)
-
-    async def both_registered() -> bool:
-        return len(await worker_pids(pool)) == 2
-
-    await wait_until(both_registered, within=60)
+    supervisor = await start_two_workers(dsn, pool, fake)
     children = await worker_pids(pool)
     queued = [await jobs.enqueue("ai-match", m) for m in mapping_ids]
     await fake.wait_for_requests(10, timeout=30)
@@ -150,14 +150,12 @@ async def test_workers_drain_and_leave_when_their_supervisor_is_killed_outright(
 
     await wait_until(children_gone, within=60)
     # Whatever they did not finish, another worker does; each result is written once.
-    successor = await start_worker_process(dsn, fake, 10, **lease)
+    successor = await start_worker_process(dsn, fake, 10, **SHORT_LEASE)
     try:
         done = [await wait_for_job(jobs, j.id, within=60) for j in queued]
     finally:
         successor.signal(signal.SIGTERM)
         await successor.wait()
     assert {j.status for j in done} == {"completed"}
-    writes = Counter(
-        r["mapping_id"] for r in await pool.fetch("SELECT mapping_id FROM test_match_writes")
-    )
+    writes = await match_writes(pool)
     assert writes == Counter({m: 1 for m in mapping_ids})
