@@ -92,7 +92,10 @@ SET status = 'processing',
     attempts = j.attempts + 1,
     locked_by = $2,
     locked_until = now() + make_interval(secs => $3),
-    started_at = now(),
+    -- The moment the row is taken, after this statement's snapshot: now() is when the
+    -- statement arrived, before its planning, and a job that finished meanwhile (seen by
+    -- this claim as done) could carry a later finished_at than this start.
+    started_at = clock_timestamp(),
     progress_message = 'Starting...',
     progress_current = NULL,
     progress_total = NULL,
@@ -116,7 +119,10 @@ SET status = 'processing',
     attempts = j.attempts + 1,
     locked_by = $2,
     locked_until = now() + make_interval(secs => $3),
-    started_at = now(),
+    -- The moment the row is taken, after this statement's snapshot: now() is when the
+    -- statement arrived, before its planning, and a job that finished meanwhile (seen by
+    -- this claim as done) could carry a later finished_at than this start.
+    started_at = clock_timestamp(),
     progress_message = 'Starting...',
     progress_current = NULL,
     progress_total = NULL,
