@@ -39,6 +39,15 @@ class JobContext:
         if self._text is not None:
             self._text.write(self.job.id, self.job.attempts, stream, text)
 
+    def restart_text(self, streams: Mapping[str, str | int]) -> None:
+        """Start afresh every text stream of the job's attempt whose names include all of
+        `streams` (`{"field": "rationale", "part": "batch-2"}`: the rationale of each control
+        of batch 2), as when what was written to them is written again from its start: their
+        next text starts at offset 0, and whoever follows the job drops what they had of
+        them."""
+        if self._text is not None:
+            self._text.restart(self.job.id, self.job.attempts, streams)
+
     @property
     def pool(self) -> asyncpg.Pool:
         """For the processor's own reads; writes of the result go through Completion.apply."""

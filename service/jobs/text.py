@@ -6,7 +6,10 @@ answer of a model as it is generated, say). The text is never stored: a worker's
 `interval_s` (100 ms) in one statement of NOTIFYs on `TEXT_CHANNEL`, each payload under
 Postgres' limit of 8,000 bytes; never a write per piece of text. Each piece says where in its
 stream it starts (`offset`, in characters), and which attempt of the job wrote it: a new
-attempt starts its streams afresh.
+attempt starts its streams afresh. Within an attempt, a processor may start some of its
+streams afresh too (`TextPublisher.restart`: a model's answer written again); their next
+piece starts at offset 0, and a stream whose text was sent gets a piece with no text at
+offset 0 meanwhile, so that followers drop what they had of it.
 
 An API process hears them on its event listener and keeps, in `TextSoFar`, the text of each
 stream of the running jobs as the pieces it heard built it, so that a follower who arrives
@@ -78,7 +81,8 @@ def encode(pieces: list[TextPiece]) -> list[str]:
     entries: list[bytes] = []
     size = 2
     for piece in pieces:
-        for start in range(0, len(piece.text), MAX_PIECE_CHARS):
+        # A piece with no text (a stream started afresh) is sent too.
+        for start in range(0, len(piece.text) or 1, MAX_PIECE_CHARS):
             entry = orjson.dumps(
                 [
                     str(piece.job_id),
@@ -115,6 +119,8 @@ class _Pending:
     stream: Mapping[str, str | int]
     offset: int
     parts: list[str] = field(default_factory=list)
+    # Starts the stream afresh: followers drop what they had of it.
+    afresh: bool = False
 
 
 class TextPublisher:
@@ -178,6 +184,24 @@ class TextPublisher:
             pending = self._pending[(job_id, attempt, key)] = _Pending(dict(stream), offset)
         pending.parts.append(text)
         self._wake.set()
+
+    def restart(self, job_id: uuid.UUID, attempt: int, streams: Mapping[str, str | int]) -> None:
+        """Start afresh every stream of the job's attempt whose names include all of
+        `streams`: its next piece starts at offset 0. What was written to it and not sent yet
+        is dropped; a stream whose text was sent gets a piece with no text at offset 0 with
+        the next send (unless its new text goes with it), so that followers drop the old."""
+        written = self._written.get((job_id, attempt))
+        if not written:
+            return
+        wanted = streams.items()
+        for key in [key for key in written if all(name in key for name in wanted)]:
+            del written[key]
+            pending = self._pending.pop((job_id, attempt, key), None)
+            if pending is not None and pending.offset == 0 and not pending.afresh:
+                continue  # none of its text went out: followers have nothing to drop
+            stream = pending.stream if pending is not None else dict(key)
+            self._pending[(job_id, attempt, key)] = _Pending(stream, 0, afresh=True)
+            self._wake.set()
 
     async def sent(self, job_id: uuid.UUID) -> None:
         """Returns once what the job wrote so far has been sent (or given up)."""
@@ -300,6 +324,8 @@ class TextSoFar:
             return
         for stream in job.streams.values():
             text = "".join(stream.parts)
+            if not text:
+                continue  # started afresh, nothing written since
             stream.parts = [text]
             yield TextPiece(job_id, job.attempt, stream.stream, stream.offset, text)
 
