@@ -231,8 +231,15 @@ class ProgressDisplay:
         self._out.flush()
 
     def text(self, delta: JobJson) -> None:
-        """Text the model wrote (a `delta` event)."""
+        """Text the model wrote (a `delta` event). At offset 0 the text starts afresh; with no
+        text, the answer is being written again, and its next delta begins it."""
         stream = (delta.get("attempt"), delta.get("part"), delta.get("controlId"), delta["field"])
+        if not delta["text"]:
+            if self._live and stream == self._stream:
+                self._text = ""
+                self._draw()
+                self._out.flush()
+            return
         new = stream != self._stream or delta.get("offset") == 0
         self._stream = stream
         self._text = (("" if new else self._text) + str(delta["text"]))[-2000:]

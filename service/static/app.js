@@ -422,7 +422,11 @@
     return `${delta.part || ""}|${delta.controlId ?? ""}|${delta.field}`;
   }
 
-  /** Text a running job's model wrote since the last delta (a new attempt starts afresh). */
+  /**
+   * Text a running job's model wrote since the last delta. A new attempt starts afresh, and so
+   * does a text whose delta does not start where it ends (offset 0 and no text: the answer is
+   * being written again, what was shown of it goes).
+   */
   function receiveDelta(delta) {
     let live = liveText.get(delta.jobId);
     if (live && delta.attempt < live.attempt) return;
@@ -438,7 +442,7 @@
     stream.text += delta.text;
     stream.end += delta.text.length;
     live.streams.set(key, stream);
-    live.latest = key;
+    if (delta.text) live.latest = key;
     if (delta.jobId === selected) renderLiveText(delta.jobId);
   }
 
