@@ -21,7 +21,7 @@ from service.api.app import create_app
 from service.config import Settings
 from service.entities.store import EntityStore
 from service.jobs.store import JobStore
-from service.jobs.text import TEXT_CHANNEL, TextPiece, decode, encode
+from service.jobs.text import TEXT_CHANNEL, TextPiece, TextPublisher, TextSoFar, decode, encode
 from service.runtime import running_worker
 from tests.conftest import (
     DOCUMENT,
@@ -153,6 +153,30 @@ def text_of(deltas: list[dict[str, Any]], **stream: Any) -> str:
     return text
 
 
+def placed(deltas: list[dict[str, Any]], **stream: Any) -> str:
+    """The text of one stream as a follower that places each delta's text at its offset has
+    it (dropping what followed), each checked to leave no gap."""
+    text = ""
+    for delta in deltas:
+        if all(delta.get(k) == v for k, v in stream.items()):
+            assert delta["offset"] <= len(text), (delta, text)
+            text = text[: delta["offset"]] + delta["text"]
+    return text
+
+
+def written_before(answer: dict[str, Any], chars: int, answer_field: str = "rationale") -> str:
+    """The text of the answer's field the fake has streamed when it pauses after `chars`
+    characters of the tool input."""
+    written, so_far = 0, ""
+    scan = FieldText(answer_field)
+    for piece in _stream_pieces(json.dumps(answer)):
+        if written >= chars:
+            break
+        so_far += "".join(p.text for p in scan.feed(piece))
+        written += len(piece)
+    return so_far
+
+
 async def read_deltas_until(stream: Stream, wanted: Callable[[list[dict[str, Any]]], bool]) -> None:
     """Read the stream until its deltas so far satisfy `wanted`."""
     while not wanted(deltas_of(bytes(stream.raw))):
@@ -233,13 +257,7 @@ async def test_a_late_subscriber_first_gets_the_text_so_far(
     path = f"/api/ai-jobs/{job_id}/events"
     early = Stream(await client.get(path))
     # What the model has written when it pauses: the pieces of the answer up to the hold.
-    written, so_far = 0, ""
-    scan = FieldText("rationale")
-    for piece in _stream_pieces(json.dumps(answer)):
-        if written >= 60:
-            break
-        so_far += "".join(p.text for p in scan.feed(piece))
-        written += len(piece)
+    so_far = written_before(answer, 60)
     assert 0 < len(so_far) < len(RATIONALE)
     await read_deltas_until(early, lambda d: text_of(d) == so_far)
 
@@ -287,6 +305,189 @@ async def test_a_new_attempt_starts_its_text_afresh(
     again = Stream(await client.get(f"/api/ai-jobs/{job_id}/events"))
     await again.rest()
     assert deltas_of(bytes(again.raw)) == []
+
+
+REJECTED = "Rejected: the score below is not a number, so this whole answer is written again."
+
+
+async def test_an_answer_written_again_starts_its_text_afresh(
+    worker: Any, client: Client, entities: EntityStore, fake: FakeAnthropic
+) -> None:
+    mapping = await make_mapping(entities)
+    # The first answer's score is not an integer: it fails validation, and the corrective
+    # call of the same attempt writes the answer again. Each pauses partway through.
+    rejected = {"score": "high", "rationale": REJECTED, "recommendations": []}
+    answer = {"score": 72, "rationale": RATIONALE, "recommendations": []}
+    first_done, second_done = asyncio.Event(), asyncio.Event()
+    fake.enqueue(
+        Reply(tool_input=rejected, hold=(60, first_done)),
+        Reply(tool_input=answer, hold=(60, second_done)),
+    )
+    job_id = await dispatch(client, f"/api/gap-analysis/ai-match/{mapping['id']}")
+    path = f"/api/ai-jobs/{job_id}/events"
+    early = Stream(await client.get(path))
+    rejected_so_far = written_before(rejected, 60)
+    assert rejected_so_far
+    await read_deltas_until(early, lambda d: text_of(d) == rejected_so_far)
+
+    first_done.set()
+    so_far = written_before(answer, 60)
+    assert 0 < len(so_far) < len(RATIONALE) and not REJECTED.startswith(so_far)
+    await read_deltas_until(early, lambda d: placed(d) == so_far)
+    # A follower arriving now gets the new answer's text only.
+    late = Stream(await client.get(path))
+    _, state = await late.next_event()
+    assert state["status"] == "processing"
+    await read_deltas_until(late, lambda d: len(d) >= 1)
+    assert deltas_of(bytes(late.raw))[0] == {
+        "jobId": job_id,
+        "attempt": 1,
+        "field": "rationale",
+        "text": so_far,
+        "offset": 0,
+    }
+
+    second_done.set()
+    for stream in (early, late):
+        final = (await stream.rest())[-1][1]
+        assert final["status"] == "completed", final["errorMessage"]
+        assert final["attempts"] == 1
+        assert placed(deltas_of(bytes(stream.raw))) == final["result"]["aiMatchRationale"]
+    assert final["result"]["aiMatchRationale"] == RATIONALE
+    corrective = fake.requests[-1].body["messages"][-1]["content"][0]
+    assert corrective["type"] == "tool_result" and corrective["is_error"] is True
+    # The rejected answer's text went out, then its text started again at offset 0, and
+    # what followed adds up to the answer taken.
+    deltas = deltas_of(bytes(early.raw))
+    assert {(d["attempt"], d["field"]) for d in deltas} == {(1, "rationale")}
+    again = next(i for i, d in enumerate(deltas) if i > 0 and d["offset"] == 0)
+    shown = text_of(deltas[:again])
+    assert REJECTED.startswith(shown) and len(shown) >= len(rejected_so_far)
+    assert text_of(deltas[again:]) == RATIONALE
+
+
+async def test_a_control_the_answer_written_again_leaves_out_loses_its_text(
+    worker: Any, client: Client, entities: EntityStore, fake: FakeAnthropic
+) -> None:
+    doc = await entities.create_document("Access policy", DOCUMENT)
+    first, second = (c["id"] for c in await seed_controls(entities, 2))  # one batch
+    # The first answer maps both controls, one with a confidence that is not a number; the
+    # answer written again maps the first control only.
+    rejected = {
+        "mapped_controls": [
+            {"control_id": first, "confidence": 80, "rationale": "Rejected, first."},
+            {"control_id": second, "confidence": "high", "rationale": "Rejected, second."},
+        ]
+    }
+    answer = {"mapped_controls": [{"control_id": first, "confidence": 80, "rationale": RATIONALE}]}
+    first_done = asyncio.Event()
+    fake.enqueue(
+        Reply(tool_input=rejected, hold=(len(json.dumps(rejected)) - 3, first_done)),
+        Reply(tool_input=answer),
+    )
+    job_id = await dispatch(client, f"/api/documents/{doc['id']}/ai-map-controls")
+    stream = Stream(await client.get(f"/api/ai-jobs/{job_id}/events"))
+    await read_deltas_until(stream, lambda d: text_of(d, controlId=second) == "Rejected, second.")
+    first_done.set()
+    final = (await stream.rest())[-1][1]
+    assert final["status"] == "completed", final["errorMessage"]
+    assert final["attempts"] == 1
+    assert [(c["controlId"], c["rationale"]) for c in final["result"]["mappedControls"]] == [
+        (first, RATIONALE)
+    ]
+    deltas = deltas_of(bytes(stream.raw))
+    assert placed(deltas, controlId=first) == RATIONALE
+    assert placed(deltas, controlId=second) == ""
+    # The second control's text went out, then a delta with none at offset 0 took it back.
+    of_second = [(d["offset"], d["text"]) for d in deltas if d["controlId"] == second]
+    assert "".join(text for _, text in of_second[:-1]) == "Rejected, second."
+    assert of_second[-1] == (0, "")
+
+
+async def test_a_restart_starts_the_matching_streams_afresh_and_leaves_the_others(
+    dsn: str, pool: asyncpg.Pool
+) -> None:
+    heard: list[TextPiece] = []
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener(TEXT_CHANNEL, lambda *args: heard.extend(decode(args[-1])))
+    publisher = TextPublisher(pool, interval_s=0.01)
+    await publisher.start()
+    job, other = uuid.uuid4(), uuid.uuid4()
+
+    def stream(part: str, control: int) -> dict[str, str | int]:
+        return {"field": "rationale", "part": part, "controlId": control}
+
+    async def sent(*jobs: uuid.UUID) -> None:
+        for job_id in jobs:
+            await publisher.sent(job_id)
+        # What was sent is heard once a NOTIFY sent after it is.
+        marker = TextPiece(uuid.uuid4(), 1, {"field": "end"}, 0, "end")
+        await pool.execute("SELECT pg_notify($1, $2)", TEXT_CHANNEL, encode([marker])[0])
+        await wait_until(lambda: asyncio.sleep(0, marker in heard))
+        heard.remove(marker)
+
+    try:
+        publisher.write(job, 1, stream("batch-1", 3), "old three ")
+        publisher.write(job, 1, stream("batch-1", 6), "old six")
+        publisher.write(job, 1, stream("batch-2", 9), "batch two")
+        publisher.write(job, 2, stream("batch-1", 3), "next attempt")
+        publisher.write(other, 1, stream("batch-1", 3), "other job")
+        await sent(job, other)
+        round_one = len(heard)
+        assert round_one == 5
+
+        # Written, not sent yet, when the restart comes: a piece of a stream that went out,
+        # and the first piece of one that did not.
+        publisher.write(job, 1, stream("batch-1", 3), "more of the old")
+        publisher.write(job, 1, stream("batch-1", 12), "never sent")
+        publisher.restart(job, 1, {"field": "rationale", "part": "batch-1"})
+        publisher.write(job, 1, stream("batch-1", 3), "new")
+        # Written again, and started afresh again before a send: followers still drop the old.
+        publisher.write(job, 1, stream("batch-1", 6), "rejected too")
+        publisher.restart(job, 1, stream("batch-1", 6))
+        publisher.write(job, 1, stream("batch-2", 9), ", more")
+        publisher.write(job, 2, stream("batch-1", 3), ", more")
+        publisher.write(other, 1, stream("batch-1", 3), ", more")
+        await sent(job, other)
+        after = {
+            (p.job_id, p.attempt, p.stream["part"], p.stream["controlId"]): p
+            for p in heard[round_one:]
+        }
+        assert {k: (p.offset, p.text) for k, p in after.items()} == {
+            (job, 1, "batch-1", 3): (0, "new"),  # the old text not sent is dropped
+            (job, 1, "batch-1", 6): (0, ""),  # sent before: followers drop it
+            (job, 1, "batch-2", 9): (9, ", more"),
+            (job, 2, "batch-1", 3): (12, ", more"),
+            (other, 1, "batch-1", 3): (9, ", more"),
+        }
+        # A late follower of the job gets the text since the restart, and nothing of the
+        # stream emptied.
+        texts = TextSoFar()
+        for piece in heard:
+            if piece.attempt == 1:
+                texts.add(piece)
+        assert {
+            (p.stream["part"], p.stream["controlId"], p.offset, p.text) for p in texts.so_far(job)
+        } == {
+            ("batch-1", 3, 0, "new"),
+            ("batch-2", 9, 0, "batch two, more"),
+        }
+
+        # The streams go on from their new start.
+        publisher.write(job, 1, stream("batch-1", 3), "er")
+        publisher.write(job, 1, stream("batch-1", 6), "six")
+        publisher.write(job, 1, stream("batch-1", 12), "twelve")
+        await sent(job)
+        deltas = [piece.as_json() for piece in heard]
+        jid = str(job)
+        assert placed(deltas, jobId=jid, attempt=1, part="batch-1", controlId=3) == "newer"
+        assert placed(deltas, jobId=jid, attempt=1, part="batch-1", controlId=6) == "six"
+        assert placed(deltas, jobId=jid, attempt=1, part="batch-1", controlId=12) == "twelve"
+        assert placed(deltas, jobId=jid, attempt=1, part="batch-2") == "batch two, more"
+        assert placed(deltas, jobId=str(other)) == "other job, more"
+    finally:
+        await publisher.stop()
+        await listener.close()
 
 
 async def test_with_stream_deltas_off_no_text_is_sent(
@@ -362,3 +563,15 @@ async def test_aijobs_watch_prints_the_text_as_it_arrives_under_the_progress(
     written = "\n".join(lines[text_at:-1]).removeprefix("  rationale: ")
     assert written == RATIONALE.replace("\n", "\n    ")
     assert lines[-1].startswith("completed")
+
+
+def test_aijobs_watch_starts_a_text_written_again_on_a_line_of_its_own() -> None:
+    out = io.StringIO()
+    display = watch.ProgressDisplay(out, live=False)
+
+    def delta(offset: int, text: str) -> dict[str, Any]:
+        return {"jobId": "j", "attempt": 1, "field": "rationale", "text": text, "offset": offset}
+
+    for piece in (delta(0, "Rejected "), delta(9, "answer"), delta(0, ""), delta(0, "Taken")):
+        display.text(piece)
+    assert out.getvalue() == "  rationale: Rejected answer\n  rationale: Taken"

@@ -74,6 +74,7 @@ class NoMeter:
 
 
 TextSender = Callable[[Mapping[str, str | int], str], None]
+TextRestarter = Callable[[Mapping[str, str | int]], None]
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,12 @@ class AnswerText:
     appends to one of the job's text streams (JobContext.write_text), named by the answer's
     field, the `keys` the caller adds (which part of the job asked) and what the analyzer
     adds (which control a rationale is of). `send` None: nowhere, and the call need not
-    stream."""
+    stream. `reset(streams)` starts afresh every stream whose names include `streams`
+    (JobContext.restart_text)."""
 
     send: TextSender | None = None
     keys: Mapping[str, str | int] = field(default_factory=dict)
+    reset: TextRestarter | None = None
 
     @property
     def wanted(self) -> bool:
@@ -94,6 +97,13 @@ class AnswerText:
     def write(self, answer_field: str, text: str, **more: str | int) -> None:
         if self.send is not None and text:
             self.send({"field": answer_field, **self.keys, **more}, text)
+
+    def restart(self, answer_field: str) -> None:
+        """The answer is written again from its start (a call made again): the text of
+        `answer_field` under these keys, every stream of it (each control's rationale),
+        starts afresh."""
+        if self.reset is not None:
+            self.reset({"field": answer_field, **self.keys})
 
 
 NO_TEXT = AnswerText()

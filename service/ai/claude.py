@@ -198,12 +198,16 @@ class ClaudeAnalyzer:
         """One forced tool call; one corrective retry when the answer does not validate.
 
         With `follow`, the call streams, and the text of the answer's field goes to it as it
-        is written."""
+        is written; each call's answer starts that text afresh (the corrective call's, or
+        that of a call made again after the last one broke off), so that it adds up to the
+        answer taken, not to those rejected before it."""
         usage = Usage()
         messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         tool = _tool(tool_name, description, answer_model)
         problem = ""
         for attempt in (1, 2):
+            if follow is not None:
+                follow.restart()
             response = await self._create(config, messages, tool, tool_name, follow)
             used = _usage_of(response)
             usage.add(used)
@@ -336,8 +340,14 @@ class _Follow:
     ) -> None:
         self._text = text
         self._field = field
+        self._tag = tag
         self._tag_as = tag_as
         self._scan = FieldText(field, tag)
+
+    def restart(self) -> None:
+        """A new answer begins: its text starts afresh, read from its own start."""
+        self._scan = FieldText(self._field, self._tag)
+        self._text.restart(self._field)
 
     def feed(self, partial_json: str) -> None:
         for piece in self._scan.feed(partial_json):

@@ -38,7 +38,7 @@ class ProcessorDeps:
         when the job makes several calls."""
         if not ctx.writes_text:
             return NO_TEXT
-        return AnswerText(ctx.write_text, {"part": part} if part else {})
+        return AnswerText(ctx.write_text, {"part": part} if part else {}, ctx.restart_text)
 
     def meter(self, ctx: JobContext) -> Meter:
         return self.ledger.meter(ctx.job.id) if self.ledger is not None else NoMeter()
