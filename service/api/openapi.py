@@ -494,8 +494,10 @@ def _paths() -> dict[str, Any]:
         "comment after a silence. The first event is the job's current state (or, resuming, "
         "the first event after Last-Event-ID); the stream ends after the event that completes "
         "or fails the job. While the model writes its answer, also `event: delta` (no id) with "
-        "`data: <JobDelta>`: the text written since the previous delta of that text; a client "
-        "that connects mid-answer first gets one delta with the text so far."
+        "`data: <JobDelta>`: the text written since the previous delta of that text, to be "
+        "placed at its `offset` (0 after earlier deltas: the text starts afresh, the call's "
+        "answer being written again); a client that connects mid-answer first gets one delta "
+        "with the text so far."
     )
     health = _object({"status": {"type": "string"}, "reason": {"type": "string"}})
     health["required"] = ["status"]

@@ -341,7 +341,15 @@ class JobDelta(TypedDict):
     ]
     control_id: NotRequired[Annotated[int, Field(description="ai-map-controls: whose rationale")]]
     text: str
-    offset: Annotated[int, Field(ge=0, description="Characters of this text before `text`")]
+    offset: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Characters of this text before `text`. Place `text` there, dropping "
+            "what follows: 0 after earlier deltas means the text starts afresh (the call's "
+            "answer is written again), and `text` may then be empty",
+        ),
+    ]
 
 
 class Dispatched(Shape):

@@ -54,7 +54,11 @@ export interface AiJob {
 /**
  * Text the job's model wrote since the last delta of the same text (`field`, and `part` and
  * `controlId` where the job has several): ephemeral, never replayed; a new `attempt` starts
- * its texts afresh at offset 0.
+ * its texts afresh at offset 0. Within an attempt, a call whose answer was rejected and is
+ * written again (the corrective call after an answer that did not match its schema) starts
+ * its texts afresh too: their next delta is at offset 0, with empty `text` for a text that is
+ * not written again yet. Place each delta's `text` at its `offset`, dropping what followed,
+ * and the text ends as the field of the answer taken; appending would keep the rejected one.
  */
 export interface AiJobDelta {
   jobId: string;
@@ -63,7 +67,7 @@ export interface AiJobDelta {
   part?: string;
   controlId?: number;
   text: string;
-  /** Characters of this text before `text`. */
+  /** Characters of this text before `text`: where it goes (0 after earlier text: afresh). */
   offset: number;
 }
 
