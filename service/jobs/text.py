@@ -193,8 +193,8 @@ class TextPublisher:
         written = self._written.get((job_id, attempt))
         if not written:
             return
-        wanted = streams.items()
-        for key in [key for key in written if all(name in key for name in wanted)]:
+        wanted = set(streams.items())
+        for key in [key for key in written if wanted.issubset(key)]:
             del written[key]
             pending = self._pending.pop((job_id, attempt, key), None)
             if pending is not None and pending.offset == 0 and not pending.afresh:
