@@ -246,6 +246,22 @@ async def test_the_deltas_add_up_to_the_answer_of_each_job_type(
     assert {d["controlId"] for d in deltas} == {c["controlId"] for c in mapped}
 
 
+async def join_late(client: Client, path: str, job_id: str, so_far: str) -> Stream:
+    """A follower arriving mid-answer: its stream, whose first delta is the text so far."""
+    late = Stream(await client.get(path))
+    _, state = await late.next_event()
+    assert state["status"] == "processing"
+    await read_deltas_until(late, lambda d: len(d) >= 1)
+    assert deltas_of(bytes(late.raw))[0] == {
+        "jobId": job_id,
+        "attempt": 1,
+        "field": "rationale",
+        "text": so_far,
+        "offset": 0,
+    }
+    return late
+
+
 async def test_a_late_subscriber_first_gets_the_text_so_far(
     worker: Any, client: Client, entities: EntityStore, fake: FakeAnthropic
 ) -> None:
@@ -261,17 +277,7 @@ async def test_a_late_subscriber_first_gets_the_text_so_far(
     assert 0 < len(so_far) < len(RATIONALE)
     await read_deltas_until(early, lambda d: text_of(d) == so_far)
 
-    late = Stream(await client.get(path))
-    _, state = await late.next_event()
-    assert state["status"] == "processing"
-    await read_deltas_until(late, lambda d: len(d) >= 1)
-    assert deltas_of(bytes(late.raw))[0] == {
-        "jobId": job_id,
-        "attempt": 1,
-        "field": "rationale",
-        "text": so_far,
-        "offset": 0,
-    }
+    late = await join_late(client, path, job_id, so_far)
 
     release.set()
     for stream in (early, late):
@@ -335,17 +341,7 @@ async def test_an_answer_written_again_starts_its_text_afresh(
     assert 0 < len(so_far) < len(RATIONALE) and not REJECTED.startswith(so_far)
     await read_deltas_until(early, lambda d: placed(d) == so_far)
     # A follower arriving now gets the new answer's text only.
-    late = Stream(await client.get(path))
-    _, state = await late.next_event()
-    assert state["status"] == "processing"
-    await read_deltas_until(late, lambda d: len(d) >= 1)
-    assert deltas_of(bytes(late.raw))[0] == {
-        "jobId": job_id,
-        "attempt": 1,
-        "field": "rationale",
-        "text": so_far,
-        "offset": 0,
-    }
+    late = await join_late(client, path, job_id, so_far)
 
     second_done.set()
     for stream in (early, late):
