@@ -315,12 +315,13 @@ class ClaudeAnalyzer:
             raise RetryLater("The Anthropic API answered with a stream we did not ask for")
         usage = _usage_of(message)
         if self._metrics is not None:
-            self._metrics.anthropic_calls.labels(config.model).inc()
-            tokens = self._metrics.anthropic_tokens
-            tokens.labels("input").inc(usage.input_tokens)
-            tokens.labels("output").inc(usage.output_tokens)
-            tokens.labels("cache_read").inc(usage.cache_read_input_tokens)
-            tokens.labels("cache_creation").inc(usage.cache_creation_input_tokens)
+            metrics = self._metrics
+            metrics.of(metrics.anthropic_calls, config.model).inc()
+            tokens = metrics.anthropic_tokens
+            metrics.of(tokens, "input").inc(usage.input_tokens)
+            metrics.of(tokens, "output").inc(usage.output_tokens)
+            metrics.of(tokens, "cache_read").inc(usage.cache_read_input_tokens)
+            metrics.of(tokens, "cache_creation").inc(usage.cache_creation_input_tokens)
         if reservation is not None and self._limiter is not None:
             # The job does not wait for its budget's settle: it goes with the bucket's next
             # write, while the job records its usage and completes.
@@ -329,7 +330,7 @@ class ClaudeAnalyzer:
 
     def _count_error(self, status: str) -> None:
         if self._metrics is not None:
-            self._metrics.anthropic_errors.labels(status).inc()
+            self._metrics.of(self._metrics.anthropic_errors, status).inc()
 
 
 class _Follow:
