@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from service import watch
-from service.config import JOB_TYPES, ConfigError, Settings
+from service.config import JOB_TYPES, MAX_PORT, ConfigError, Settings
 from service.logs import configure_logging
 from service.supervisor import follow_supervisor
 
@@ -34,6 +34,25 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 
 
 _DEFAULT = " (default: %(default)s)"
+
+
+def _int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from `minimum` (to `maximum`), else a usage error."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {raw!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
+        return value
+
+    return parse
+
+
 _ENTITY_OF = {
     "ai-match": "a gap-analysis mapping's id",
     "ai-coverage": "a requirement's id",
@@ -52,7 +71,10 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     def http_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default=settings.host, help="address to listen on" + _DEFAULT)
         p.add_argument(
-            "--port", type=int, default=settings.port, help="port to listen on" + _DEFAULT
+            "--port",
+            type=_int_in(0, MAX_PORT),
+            default=settings.port,
+            help="port to listen on" + _DEFAULT,
         )
         p.add_argument(
             "--insecure-dev-auth",
@@ -64,7 +86,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     def worker_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--concurrency",
-            type=int,
+            type=_int_in(1),
             default=settings.concurrency,
             help="jobs run at once" + _DEFAULT,
         )
@@ -75,7 +97,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     worker_options(worker)
     worker.add_argument(
         "--processes",
-        type=int,
+        type=_int_in(1),
         default=1,
         help="worker processes, each with --concurrency slots, under one supervisor that "
         "restarts a process that dies" + _DEFAULT,
@@ -122,13 +144,15 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
         "--watch", action="store_true", help="then follow the job as `aijobs watch` does"
     )
     stats = sub.add_parser("stats", help="the queue overview, live workers, Claude usage")
-    stats.add_argument("--days", type=int, default=7, help="days of usage to show" + _DEFAULT)
+    stats.add_argument(
+        "--days", type=_int_in(1), default=7, help="days of usage to show" + _DEFAULT
+    )
     jobs = sub.add_parser("jobs", help="list recent jobs")
     jobs.add_argument(
         "--status", choices=("pending", "processing", "completed", "failed"), help="only these"
     )
     jobs.add_argument("--type", dest="job_type", choices=JOB_TYPES, help="only this job type")
-    jobs.add_argument("--limit", type=int, default=20, help="how many" + _DEFAULT)
+    jobs.add_argument("--limit", type=_int_in(1), default=20, help="how many" + _DEFAULT)
     sub.add_parser(
         "psql",
         help="psql on the database in use (DATABASE_URL, or the embedded server); "
@@ -153,13 +177,29 @@ async def _psql(settings: Settings, extra: list[str]) -> int:
         return await proc.wait()
 
 
+class _NotMigrated(Exception):
+    """The database lacks migrations the reports read from."""
+
+
 async def _report(settings: Settings, args: argparse.Namespace) -> str:
     from service import runtime, stats
+    from service.db.migrations import load_migrations, pending_migrations
     from service.db.pool import connect
 
     async with runtime.database(settings) as dsn:
         conn = await connect(dsn, "aijobs-cli", pooled=settings.pooled)
         try:
+            pending = await pending_migrations(conn)
+            if pending:
+                lacks = (
+                    "has no aijobs tables yet"
+                    if len(pending) == len(load_migrations())
+                    else "lacks migrations " + ", ".join(map(str, pending))
+                )
+                raise _NotMigrated(
+                    f"the database {lacks}: run `aijobs migrate` first "
+                    "(`api`, `worker`, `serve` and `demo` apply them at start)"
+                )
             if args.command == "stats":
                 return await stats.stats_text(conn, args.days)
             return await stats.jobs_text(conn, args.status, args.job_type, args.limit)
@@ -211,7 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
     if args.command in ("stats", "jobs"):
         configure_logging("warning", settings.log_format)
-        print(_run(_report(settings, args)))
+        try:
+            print(_run(_report(settings, args)))
+        except _NotMigrated as exc:
+            print(f"aijobs: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "demo":
         from service import demo
@@ -236,8 +280,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _run(_migrate())
         return 0
-    if args.command == "worker" and args.processes < 1:
-        parser.error("--processes must be at least 1")
     if args.command == "worker" and args.processes > 1:
         return _run(_supervise(settings, args.processes, args.concurrency))
     if args.command == "worker" and not follow_supervisor():

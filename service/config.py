@@ -28,7 +28,9 @@ class ConfigError(ValueError):
     """A setting in the environment has a value we cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -38,6 +40,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -108,6 +112,8 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
 
 
 SYNCHRONOUS_COMMIT_LEVELS = ("on", "off", "local", "remote_write", "remote_apply")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_PORT = 65535
 POOLER_MODES = ("auto", "on", "off")
 # The ports poolers listen on by default: PgBouncer's, and Supabase's transaction pooler's.
 POOLER_PORTS = (6432, 6543)
@@ -329,6 +335,11 @@ class Settings:
             raise ConfigError(
                 f"AIJOBS_LOG_FORMAT must be auto, json or console, not {log_format!r}"
             )
+        log_level = (e.get("AIJOBS_LOG_LEVEL") or defaults.log_level).lower()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"AIJOBS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}"
+            )
         settings = cls(
             database_url=_str(e, "DATABASE_URL"),
             data_dir=Path(e.get("AIJOBS_DATA_DIR") or defaults.data_dir),
@@ -393,7 +404,7 @@ class Settings:
             worker_http_port=(
                 None
                 if e.get("AIJOBS_WORKER_PORT", "").lower() == "off"
-                else _int(e, "AIJOBS_WORKER_PORT", 9464, 0)
+                else _int(e, "AIJOBS_WORKER_PORT", 9464, 0, MAX_PORT)
             ),
             retention_s=(
                 None
@@ -425,10 +436,10 @@ class Settings:
             sse_streams_per_user=_int(
                 e, "AIJOBS_SSE_STREAMS_PER_USER", defaults.sse_streams_per_user, 0
             ),
-            port=_int(e, "AIJOBS_PORT", defaults.port, 0),
+            port=_int(e, "AIJOBS_PORT", defaults.port, 0, MAX_PORT),
             sse_heartbeat_s=_float(e, "AIJOBS_SSE_HEARTBEAT", defaults.sse_heartbeat_s, 0.1),
             event_retention_s=_float(e, "AIJOBS_EVENT_RETENTION", defaults.event_retention_s, 60.0),
-            log_level=(e.get("AIJOBS_LOG_LEVEL") or defaults.log_level).lower(),
+            log_level=log_level,
             log_format=log_format,
         )
         if settings.direct_url is not None and settings.database_url is None:

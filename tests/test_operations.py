@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from service.db.embedded import _bin_dir
 from service.entities.store import EntityStore
@@ -24,6 +26,7 @@ from tests.conftest import (
     wait_until,
 )
 from tests.fake_anthropic import Error, FakeAnthropic
+from tests.pg import DatabaseFactory
 from tests.tcp_proxy import TcpProxy
 from tests.test_api_jobs import make_mapping
 
@@ -393,7 +396,7 @@ async def test_api_metrics_health_and_readiness(client: Any, entities: EntitySto
     assert (ready.status, await ready.json()) == (200, {"status": "ready"})
 
 
-async def run_cli(dsn: str, *args: str) -> tuple[int, str]:
+async def run_cli(dsn: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     import os
     import sys
 
@@ -402,11 +405,16 @@ async def run_cli(dsn: str, *args: str) -> tuple[int, str]:
         "-m",
         "service",
         *args,
-        env={**os.environ, "DATABASE_URL": dsn},
+        env={**os.environ, "DATABASE_URL": dsn, "AIJOBS_WORKER_PORT": "off", **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"aijobs {' '.join(args)} was still running after 60 s") from None
     assert proc.returncode is not None
     return proc.returncode, out.decode()
 
@@ -429,6 +437,76 @@ async def test_stats_and_jobs_commands(dsn: str, pool: asyncpg.Pool) -> None:
     code, out = await run_cli(dsn, "jobs", "--status", "failed")
     assert code == 0, out
     assert "it broke" in out and "ai-coverage" in out and "ai-match" not in out
+
+
+@pytest.fixture
+async def unmigrated_dsn(databases: DatabaseFactory) -> AsyncIterator[str]:
+    name = f"aijobs_unmigrated_{databases.run_id}"
+    admin = await asyncpg.connect(databases.admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield databases.dsn(name)
+    await databases.drop(name)
+
+
+async def test_reports_on_a_database_without_the_migrations_say_to_migrate(
+    unmigrated_dsn: str,
+) -> None:
+    for command in ("stats", "jobs"):
+        code, out = await run_cli(unmigrated_dsn, command)
+        assert code == 2, out
+        assert "Traceback" not in out
+        assert out.strip() == (
+            "aijobs: the database has no aijobs tables yet: run `aijobs migrate` first "
+            "(`api`, `worker`, `serve` and `demo` apply them at start)"
+        )
+    assert (await run_cli(unmigrated_dsn, "migrate"))[0] == 0
+    code, out = await run_cli(unmigrated_dsn, "jobs")
+    assert (code, out.strip()) == (0, "(none)")
+
+
+@pytest.mark.parametrize(
+    ("args", "told"),
+    [
+        (("jobs", "--limit", "-1"), "argument --limit: must be at least 1, got -1"),
+        (("jobs", "--limit", "x"), "argument --limit: must be an integer, got 'x'"),
+        (("stats", "--days", "-2"), "argument --days: must be at least 1, got -2"),
+        (("worker", "--concurrency", "0"), "argument --concurrency: must be at least 1, got 0"),
+        (("worker", "--processes", "0"), "argument --processes: must be at least 1, got 0"),
+        (("serve", "--concurrency", "-1"), "argument --concurrency: must be at least 1, got -1"),
+        (("api", "--port", "70000"), "argument --port: must be at most 65535, got 70000"),
+        (("demo", "--port", "-1"), "argument --port: must be at least 0, got -1"),
+    ],
+)
+async def test_an_option_out_of_range_is_a_usage_error(
+    dsn: str, args: tuple[str, ...], told: str
+) -> None:
+    """Refused before anything starts: no worker with a slot count it did not ask for, no API
+    announcing one port while listening on another, no traceback."""
+    code, out = await run_cli(dsn, *args, env={"AIJOBS_JWT_SECRET": "s" * 32})
+    assert code == 2, out
+    assert out.splitlines()[-1] == f"aijobs {args[0]}: error: {told}"
+
+
+@pytest.mark.parametrize(
+    ("env", "told"),
+    [
+        (
+            {"AIJOBS_LOG_LEVEL": "loud"},
+            "AIJOBS_LOG_LEVEL must be one of debug, info, warning, error, not 'loud'",
+        ),
+        ({"AIJOBS_PORT": "70000"}, "AIJOBS_PORT must be at most 65535, got 70000"),
+        ({"AIJOBS_WORKER_PORT": "65536"}, "AIJOBS_WORKER_PORT must be at most 65535, got 65536"),
+    ],
+)
+async def test_a_setting_out_of_range_stops_every_command(
+    dsn: str, env: dict[str, str], told: str
+) -> None:
+    code, out = await run_cli(dsn, "jobs", env=env)
+    assert (code, out.strip()) == (2, f"aijobs: {told}")
 
 
 async def test_operations_psql_block_runs_as_written(dsn: str, entities: EntityStore) -> None:
