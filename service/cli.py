@@ -184,10 +184,9 @@ class _NotMigrated(Exception):
 async def _report(settings: Settings, args: argparse.Namespace) -> str:
     from service import runtime, stats
     from service.db.migrations import load_migrations, pending_migrations
-    from service.db.pool import connect
 
     async with runtime.database(settings) as dsn:
-        conn = await connect(dsn, "aijobs-cli", pooled=settings.pooled)
+        conn = await runtime.connect_at_start(dsn, "aijobs-cli", pooled=settings.pooled)
         try:
             pending = await pending_migrations(conn)
             if pending:
@@ -249,6 +248,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Only the watching stops: the job goes on.
             print(file=sys.stderr)
             return 130
+    from service.runtime import CannotStart
+
+    try:
+        return _run_local(settings, args)
+    except CannotStart as exc:
+        print(f"aijobs: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_local(settings: Settings, args: argparse.Namespace) -> int:
+    """The commands that run against the database themselves."""
     if args.command in ("stats", "jobs"):
         configure_logging("warning", settings.log_format)
         try:

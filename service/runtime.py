@@ -7,6 +7,7 @@ import contextlib
 import functools
 import signal
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
@@ -41,6 +42,41 @@ EMBEDDED_DATABASE = "aijobs"
 # own default is 60 s for each of the two waits).
 API_SHUTDOWN_TIMEOUT_S = 2.0
 
+# What connecting raises when the database cannot be reached or refuses the connection (no
+# such host, port, database or role, a wrong password, a server starting or full), as opposed
+# to an error of a statement.
+_CANNOT_CONNECT = (
+    OSError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+class CannotStart(Exception):
+    """A command cannot start: its database cannot be reached, or its port is taken."""
+
+
+def _where(dsn: str) -> str:
+    """The server and database a connection string names, without its credentials."""
+    try:
+        url = urlsplit(dsn)
+        host = url.hostname or "localhost"
+        port = f":{url.port}" if url.port else ""
+    except ValueError:
+        return "DATABASE_URL"
+    return f"{host}{port}{url.path or ''}"
+
+
+async def connect_at_start(dsn: str, name: str, *, pooled: bool) -> asyncpg.Connection:
+    """A connection for a command that is starting; CannotStart, saying where, when the
+    database cannot be reached."""
+    try:
+        return await connect(dsn, name, pooled=pooled)
+    except _CANNOT_CONNECT as exc:
+        raise CannotStart(f"cannot connect to the database at {_where(dsn)}: {exc}") from exc
+
 
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[str]:
@@ -69,7 +105,9 @@ async def database(settings: Settings) -> AsyncIterator[str]:
 async def run_migrations(settings: Settings, dsn: str) -> list[int]:
     """Apply the pending migrations, on AIJOBS_DIRECT_URL when it is set."""
     session = settings.session_url(dsn)
-    conn = await connect(session, "aijobs-migrate", pooled=settings.pooled and session == dsn)
+    conn = await connect_at_start(
+        session, "aijobs-migrate", pooled=settings.pooled and session == dsn
+    )
     try:
         return await migrate(conn)
     finally:
@@ -237,7 +275,11 @@ async def running_api(
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CannotStart(f"cannot listen on {host}:{port}: {exc}") from exc
     log.info("api_started", url=f"http://{host}:{port}")
     try:
         yield runner

@@ -509,6 +509,51 @@ async def test_a_setting_out_of_range_stops_every_command(
     assert (code, out.strip()) == (2, f"aijobs: {told}")
 
 
+@pytest.mark.parametrize("command", ["migrate", "api", "worker", "serve", "stats", "jobs"])
+async def test_a_command_that_cannot_reach_its_database_says_where(command: str) -> None:
+    """One line naming the server and database (not the password), exit status 2, no
+    traceback."""
+    import socket
+
+    with socket.socket() as closed:  # bound, never listening: a connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        code, out = await run_cli(
+            f"postgresql://aijobs:sekrit@127.0.0.1:{port}/aijobs",
+            command,
+            env={"AIJOBS_JWT_SECRET": "s" * 32},
+        )
+    assert code == 2, out
+    assert out.splitlines()[-1].startswith(
+        f"aijobs: cannot connect to the database at 127.0.0.1:{port}/aijobs: "
+    )
+    assert "Connection refused" in out
+    assert "sekrit" not in out and "Traceback" not in out
+
+
+async def test_a_database_that_does_not_exist_is_named(databases: DatabaseFactory) -> None:
+    missing = f"aijobs_missing_{databases.run_id}"
+    code, out = await run_cli(databases.dsn(missing), "jobs")
+    assert code == 2, out
+    assert out.splitlines()[-1].endswith(f'/{missing}: database "{missing}" does not exist')
+
+
+@pytest.mark.parametrize("command", ["api", "serve"])
+async def test_an_api_whose_port_is_taken_says_so(dsn: str, command: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out = await run_cli(
+            dsn, command, "--port", str(port), env={"AIJOBS_JWT_SECRET": "s" * 32}
+        )
+    assert code == 2, out
+    assert out.splitlines()[-1].startswith(f"aijobs: cannot listen on 127.0.0.1:{port}: ")
+    assert "address already in use" in out and "Traceback" not in out
+
+
 async def test_operations_psql_block_runs_as_written(dsn: str, entities: EntityStore) -> None:
     import re
     from pathlib import Path
