@@ -151,6 +151,7 @@ async def test_ai_map_controls_runs_in_batches_with_progress(
     all_ids = [r["id"] for r in await entities.list_controls()]
     assert mapped == {c for c in all_ids if c % 3 == 0}
     assert job["result"]["batches"] == 3
+    assert job["progressMessage"] == f"Mapped {len(mapped)} controls in 3 batches"
     rows = await pool.fetch(
         "SELECT control_id, job_id FROM document_control_mappings WHERE document_id = $1", doc["id"]
     )
@@ -241,6 +242,7 @@ async def test_ai_map_controls_answer_without_its_list_fails_and_keeps_the_mappi
     path = f"/api/documents/{doc['id']}/ai-map-controls"
     done = await wait_for_job(jobs, await dispatch(client, path))
     assert done.status == "completed", done.error_message
+    assert done.progress_message == "Mapped 1 control in 1 batch"
     before = await entities.document_controls(doc["id"])
     assert [r["control_id"] for r in before] == [controls[0]["id"]]
     fake.reset()

@@ -137,7 +137,15 @@ def processor(deps: ProcessorDeps) -> Processor:
             **analyzer_fields(deps, JOB_TYPE, await deps.usage(ctx, spent, meter)),
         }
         return Completion(
-            result, apply, f"Mapped {len(matches)} controls in {len(batches)} batches"
+            result,
+            apply,
+            f"Mapped {_count(len(matches), 'control')} in "
+            f"{_count(len(batches), 'batch', 'batches')}",
         )
 
     return run
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    """`1 control`, `2 controls`."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
