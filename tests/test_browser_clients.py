@@ -173,6 +173,12 @@ async def test_a_session_cookie_is_set_by_signing_in_and_removed_by_signing_out(
     )
     assert foreign.status == 403
     assert await error_code(foreign) == "cross_site_request"
+    # Without any origin, the refusal says what the request is and what to send.
+    unsourced = await bare.post("/api/session", json={"accessToken": token_for()})
+    assert unsourced.status == 403
+    message = (await unsourced.json())["error"]["message"]
+    assert message.startswith("A sign-in or sign-out (it sets the session cookie) must say")
+    assert "Origin or Referer" in message
 
     signed_in = await bare.post("/api/session", json={"accessToken": token_for()}, headers=origin)
     assert signed_in.status == 200, await signed_in.text()

@@ -219,9 +219,9 @@ class VerifiedTokens:
 VERIFIED_TOKENS = web.AppKey("verified_tokens", VerifiedTokens)
 
 
-def check_origin(request: web.Request) -> None:
+def check_origin(request: web.Request, what: str = "A request authenticated by a cookie") -> None:
     """Refuse (403) a request a page on another site may have made the browser send."""
-    reason = cross_site_reason(request)
+    reason = cross_site_reason(request, what)
     if reason is not None:
         raise ApiError(403, "cross_site_request", reason)
 

@@ -41,17 +41,21 @@ def own_origins(request: web.Request) -> set[str]:
     return {origin for origin in origins if origin is not None}
 
 
-def cross_site_reason(request: web.Request) -> str | None:
-    """Why a state-changing request authenticated by a cookie is refused, or None when it
-    comes from this API's own origin or one of `AIJOBS_CORS_ORIGINS`."""
+def cross_site_reason(
+    request: web.Request, what: str = "A request authenticated by a cookie"
+) -> str | None:
+    """Why a state-changing request authenticated by a cookie (or, as `what` says, one that
+    sets the cookie) is refused, or None when it comes from this API's own origin or one of
+    `AIJOBS_CORS_ORIGINS`."""
     origin = request.headers.get("Origin")
     source = "Origin"
     if origin is None:
         referer = request.headers.get("Referer")
         if referer is None:
             return (
-                "A request authenticated by a cookie must say where it comes from (an Origin "
-                "or Referer header); send 'Authorization: Bearer <token>' instead"
+                f"{what} must say where it comes from (an Origin or Referer header, as a "
+                "browser sends); outside a browser, send 'Authorization: Bearer <token>' "
+                "instead"
             )
         origin, source = _origin_of_url(referer), "Referer"
     normalized = normalize_origin(origin) if origin else None
@@ -59,8 +63,8 @@ def cross_site_reason(request: web.Request) -> str | None:
     if normalized is not None and (normalized in allowed or normalized in own_origins(request)):
         return None
     return (
-        f"A request authenticated by a cookie must come from this API's own origin or one of "
-        f"AIJOBS_CORS_ORIGINS; its {source} is {origin!r}"
+        f"{what} must come from this API's own origin or one of AIJOBS_CORS_ORIGINS; its "
+        f"{source} is {origin!r}"
     )
 
 

@@ -21,6 +21,9 @@ from service.api.state import SETTINGS
 
 routes = web.RouteTableDef()
 
+# What the origin check's message calls these requests: they set or remove the cookie.
+SESSION_CHANGE = "A sign-in or sign-out (it sets the session cookie)"
+
 
 def _secure(request: web.Request) -> bool:
     return any(origin.startswith("https://") for origin in own_origins(request))
@@ -29,7 +32,7 @@ def _secure(request: web.Request) -> bool:
 @routes.post(SESSION_PATH)
 async def sign_in(request: web.Request) -> web.Response:
     """Verify the token and keep it in the session cookie."""
-    check_origin(request)
+    check_origin(request, SESSION_CHANGE)
     settings = request.app[SETTINGS]
     token = (await parse.json_shape(request, shapes.SessionInput)).access_token
     if settings.jwt_secret is None:
@@ -59,7 +62,7 @@ async def sign_in(request: web.Request) -> web.Response:
 @routes.delete(SESSION_PATH)
 async def sign_out(request: web.Request) -> web.Response:
     """Remove the session cookie."""
-    check_origin(request)
+    check_origin(request, SESSION_CHANGE)
     response = web.Response(status=204)
     response.del_cookie(
         request.app[SETTINGS].auth_cookie, path="/", samesite="Lax", secure=_secure(request)
