@@ -83,10 +83,10 @@ class LineWriter:
 
 class LineWriterFactory:
     def __init__(self, file: TextIO) -> None:
-        self._writer = LineWriter(file)
+        self.writer = LineWriter(file)
 
     def __call__(self, *args: Any) -> LineWriter:
-        return self._writer
+        return self.writer
 
 
 def _dumps(obj: Any, **_: Any) -> str:
@@ -102,24 +102,62 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         if as_json
         else structlog.dev.ConsoleRenderer()
     )
-    processors: list[Any] = [
+    enrich: list[Any] = [
         structlog.contextvars.merge_contextvars,
         _merge_job,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    exceptions = (
         structlog.processors.format_exc_info
         if as_json
-        else structlog.processors.StackInfoRenderer(),
-        renderer,
-    ]
+        else structlog.processors.StackInfoRenderer()
+    )
+    factory = LineWriterFactory(sys.stderr)
     structlog.configure(
-        processors=processors,
+        processors=[*enrich, exceptions, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=LineWriterFactory(sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
-    # Libraries that use the standard logging module go through the same stream.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, force=True)
+    # Libraries that use the standard logging module (asyncpg, aiohttp) write the same lines:
+    # JSON with event, level, logger and timestamp, through the same writer.
+    handler = _StdlibLines(factory.writer)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            # Not the job: a library's line comes from its own tasks (a pool's reconnects),
+            # which may have been started while a job ran, but are not that job's.
+            foreign_pre_chain=[
+                *(p for p in enrich if p is not _merge_job),
+                structlog.stdlib.add_logger_name,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                exceptions,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))
+
+
+class _StdlibLines(logging.Handler):
+    """A standard-library record, formatted as a structlog line, to the line writer."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        super().__init__()
+        self._writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._writer.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
 
 
 class _Logger:

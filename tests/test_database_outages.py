@@ -144,12 +144,15 @@ async def stop_workers(workers: list[WorkerProcess]) -> None:
 
 
 def outage_log_problems(workers: list[WorkerProcess]) -> list[dict[str, Any]]:
-    """Log lines no expected outage should cause: errors, tracebacks, crashed jobs."""
+    """Log lines no expected outage should cause: errors, crashed jobs, tracebacks of ours.
+    A library's warning may carry its traceback (asyncpg's pool, failing to reconnect while
+    the database is away, logs one with each try)."""
     return [
         line
         for worker in workers
         for line in worker.log_lines()
-        if line.get("level") in ("error", "critical") or "exception" in line
+        if line.get("level") in ("error", "critical")
+        or ("exception" in line and "logger" not in line)
     ]
 
 

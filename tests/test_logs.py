@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import subprocess
+import sys
 
 from service.logs import LineWriter
 
@@ -39,3 +42,35 @@ def test_a_line_left_by_a_loop_that_stopped_goes_out_with_the_next() -> None:
     assert out.getvalue() == ""
     writer.msg("next")
     assert out.getvalue() == "last words\nnext\n"
+
+
+def test_a_library_line_is_a_json_line_like_ours() -> None:
+    # A real process, as a deployed worker logs: a warning of asyncpg's and an exception
+    # of aiohttp's, through the standard logging module.
+    script = "\n".join(
+        [
+            "import logging",
+            "from service.logs import configure_logging, get_logger",
+            "configure_logging('info', 'json')",
+            "get_logger('ours').info('job_completed', duration_s=1.5)",
+            "logging.getLogger('asyncpg.pool').warning('connection %s lost', 7)",
+            "logging.getLogger('quiet').info('below warning: not written')",
+            "try:",
+            "    1 / 0",
+            "except ZeroDivisionError:",
+            "    logging.getLogger('aiohttp.server').exception('Error handling request')",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(line["event"], line["level"]) for line in lines] == [
+        ("job_completed", "info"),
+        ("connection 7 lost", "warning"),
+        ("Error handling request", "error"),
+    ]
+    assert lines[1]["logger"] == "asyncpg.pool"
+    assert lines[2]["logger"] == "aiohttp.server"
+    assert "ZeroDivisionError" in lines[2]["exception"]
+    assert all(line["timestamp"].endswith("Z") for line in lines)

@@ -17,6 +17,7 @@ import asyncpg
 
 from service.ai.analyzer import Usage
 from service.ai.pricing import PriceTable
+from service.db.errors import DATABASE_UNAVAILABLE
 from service.db.pool import Connection
 from service.db.queries import Queries
 from service.logs import get_logger
@@ -25,7 +26,9 @@ log = get_logger(__name__)
 
 Q = Queries("service.ai", "usage.sql")
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The database away (a cut can leave the driver in a state it cannot leave:
+# InternalClientError), or a statement it refused.
+_DB_ERRORS: tuple[type[Exception], ...] = (*DATABASE_UNAVAILABLE, asyncpg.PostgresError)
 
 
 @dataclass(frozen=True)

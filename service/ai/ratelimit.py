@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from service.ai.analyzer import Usage
+from service.db.errors import DATABASE_UNAVAILABLE
 from service.db.pool import Connection
 from service.db.queries import Queries
 from service.jobs.model import RetryLater
@@ -57,7 +58,9 @@ LINGER_S = 1.0
 # What a refill computed to a rounding error short of a whole request still pays for it.
 _EPSILON = 1e-9
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# The database away (a cut can leave the driver in a state it cannot leave:
+# InternalClientError), or a statement it refused.
+_DB_ERRORS: tuple[type[Exception], ...] = (*DATABASE_UNAVAILABLE, asyncpg.PostgresError)
 _HEADER = "anthropic-ratelimit-{}-{}"
 _HEADER_NAMES = {
     "requests": "requests",
