@@ -163,15 +163,22 @@ BEGIN
              coalesce(kj.status, e.status) AS existing_status,
              coalesce(kj.job_type, e.job_type) AS existing_type,
              coalesce(kj.entity_id, e.entity_id) AS existing_entity,
-             k.job_id IS NOT NULL AS key_kept
+             kj.id IS NOT NULL AS key_kept
       FROM checked c
-      LEFT JOIN ai_idempotency_keys AS k
-        ON c.problem IS NULL AND k.owner = c.owner AND k.idempotency_key = c.idempotency_key
-      LEFT JOIN ai_jobs AS kj ON kj.id = k.job_id
+      -- One lookup per request with a key (LIMIT 1 keeps it one): a request without a key
+      -- never reads the keys, whatever plan their table's statistics suggest.
+      LEFT JOIN LATERAL (
+        SELECT j.id, j.status, j.job_type, j.entity_id
+        FROM ai_idempotency_keys AS k
+        JOIN ai_jobs AS j ON j.id = k.job_id
+        WHERE c.problem IS NULL AND c.idempotency_key IS NOT NULL
+          AND k.owner = c.owner AND k.idempotency_key = c.idempotency_key
+        LIMIT 1
+      ) AS kj ON true
       LEFT JOIN LATERAL (
         SELECT j.id, j.status, j.job_type, j.entity_id
         FROM ai_jobs j
-        WHERE c.problem IS NULL AND k.job_id IS NULL
+        WHERE c.problem IS NULL AND kj.id IS NULL
           AND coalesce(j.created_by, '') = c.owner
           AND (j.idempotency_key = c.idempotency_key
                OR (j.job_type = c.job_type AND j.entity_id = c.entity_id

@@ -216,12 +216,12 @@ async def test_identical_keyed_dispatches_of_two_processes_at_once_get_one_job(
     writers = [Dispatcher(pool, lambda _t: 5), Dispatcher(pool, lambda _t: 5)]
     await writers[0].dispatch("ai-match", other, created_by="u")  # live, without a key
 
-    async def race(path_id: int, key: str) -> list[Dispatched]:
+    async def race(mapping_id: int, key: str) -> list[Dispatched]:
         return list(
             await asyncio.gather(
                 *(
-                    writers[i % 2].dispatch("ai-match", path_id, created_by="u", idempotency_key=key)
-                    for i in range(40)
+                    writer.dispatch("ai-match", mapping_id, created_by="u", idempotency_key=key)
+                    for writer in writers * 20
                 )
             )
         )
