@@ -233,3 +233,25 @@ async def test_identical_keyed_dispatches_of_two_processes_at_once_get_one_job(
     keys = dict(await pool.fetch("SELECT idempotency_key, job_id FROM ai_idempotency_keys"))
     assert keys == {"new-key": made[0].job_id, "found-key": found[0].job_id}
     assert await pool.fetchval("SELECT count(*) FROM ai_jobs") == 2
+
+
+@pytest.mark.parametrize("fair_share", [True, False], ids=["fair", "in_order"])
+async def test_a_pending_job_is_claimed_while_a_key_is_being_recorded_for_it(
+    fair_share: bool, pool: asyncpg.Pool, entities: EntityStore, jobs: JobStore
+) -> None:
+    mapping, _ = await _mapping_ids(entities)
+    live = await Dispatcher(pool, lambda _t: 5).dispatch("ai-match", mapping, created_by="u")
+    conn = await pool.acquire()
+    try:
+        async with conn.transaction():
+            # A dispatch with a key finds the pending job and records the key for it; its
+            # transaction is still open when a worker claims.
+            found = await conn.fetchrow(
+                "SELECT * FROM ai_jobs_enqueue('ai-match', $1, 'u', 5, 'K')", mapping
+            )
+            assert found is not None and found["id"] == live.job_id
+            claimed = await jobs.claim(5, "worker-1", 30, fair_share=fair_share)
+            assert [job.id for job in claimed] == [live.job_id]
+    finally:
+        await pool.release(conn)
+    assert await pool.fetchval("SELECT job_id FROM ai_idempotency_keys") == live.job_id

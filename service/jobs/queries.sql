@@ -85,7 +85,10 @@ WITH RECURSIVE owners AS (
   WHERE j.status = 'pending' AND j.run_after <= now()
   ORDER BY o.n
   LIMIT $1
-  FOR UPDATE OF j SKIP LOCKED
+  -- NO KEY: the claim changes no key, and a dispatch that records an Idempotency-Key for a
+  -- pending job holds a key share lock on it (ai_idempotency_keys' foreign key) until it
+  -- commits; the claim must not skip the job for that.
+  FOR NO KEY UPDATE OF j SKIP LOCKED
 )
 UPDATE ai_jobs AS j
 SET status = 'processing',
@@ -112,7 +115,7 @@ WITH due AS (
   WHERE status = 'pending' AND run_after <= now()
   ORDER BY priority DESC, run_after, attempts DESC
   LIMIT $1
-  FOR UPDATE SKIP LOCKED
+  FOR NO KEY UPDATE SKIP LOCKED  -- as in claim_jobs
 )
 UPDATE ai_jobs AS j
 SET status = 'processing',
