@@ -83,6 +83,17 @@ class DatabaseFactory:
             await conn.close()
         return name
 
+    async def create_empty(self) -> str:
+        """A database of this run without the migrations (dropped with `drop`)."""
+        name = f"aijobs_empty_{self.run_id}_{next(self._counter)}"
+        await self._drop(name)
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return name
+
     async def drop(self, name: str) -> None:
         await self._drop(name)
 

@@ -16,13 +16,7 @@ from tests.pg import DatabaseFactory
 
 @pytest.fixture
 async def empty_dsn(databases: DatabaseFactory) -> AsyncIterator[str]:
-    name = f"aijobs_empty_{databases.run_id}"
-    admin = await asyncpg.connect(databases.admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    name = await databases.create_empty()
     yield databases.dsn(name)
     await databases.drop(name)
 

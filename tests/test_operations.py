@@ -441,13 +441,7 @@ async def test_stats_and_jobs_commands(dsn: str, pool: asyncpg.Pool) -> None:
 
 @pytest.fixture
 async def unmigrated_dsn(databases: DatabaseFactory) -> AsyncIterator[str]:
-    name = f"aijobs_unmigrated_{databases.run_id}"
-    admin = await asyncpg.connect(databases.admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    name = await databases.create_empty()
     yield databases.dsn(name)
     await databases.drop(name)
 
