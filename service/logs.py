@@ -100,7 +100,10 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps)
         if as_json
-        else structlog.dev.ConsoleRenderer()
+        # Plain tracebacks: rich's, with every frame's locals, take long enough to hold up
+        # the event loop (an aiohttp server logging a burst of dropped connections), and
+        # would write the locals (tokens, keys) to the log.
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     enrich: list[Any] = [
         structlog.contextvars.merge_contextvars,

@@ -74,3 +74,27 @@ def test_a_library_line_is_a_json_line_like_ours() -> None:
     assert lines[2]["logger"] == "aiohttp.server"
     assert "ZeroDivisionError" in lines[2]["exception"]
     assert all(line["timestamp"].endswith("Z") for line in lines)
+
+
+def test_a_traceback_on_the_console_is_plain_and_shows_no_locals() -> None:
+    # A frame's locals may hold a token or a key: a traceback names the line, not the values.
+    script = "\n".join(
+        [
+            "import logging",
+            "from service.logs import configure_logging",
+            "configure_logging('info', 'console')",
+            "def call(token):",
+            "    raise ValueError('refused')",
+            "try:",
+            "    call('tok-secret-123')",
+            "except ValueError:",
+            "    logging.getLogger('aiohttp.server').exception('Error handling request')",
+        ]
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "Error handling request" in done.stderr
+    assert "Traceback (most recent call last):" in done.stderr
+    assert "ValueError: refused" in done.stderr
+    assert "tok-secret-123" not in done.stderr
