@@ -76,33 +76,21 @@ class DatabaseFactory:
 
     async def create(self) -> str:
         name = f"aijobs_t_{self.run_id}_{next(self._counter)}"
-        conn = await asyncpg.connect(self.admin_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
-        finally:
-            await conn.close()
+        await self._admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
         return name
 
     async def create_empty(self) -> str:
         """A database of this run without the migrations (dropped with `drop`)."""
         name = f"aijobs_empty_{self.run_id}_{next(self._counter)}"
         await self._drop(name)
-        conn = await asyncpg.connect(self.admin_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
+        await self._admin(f'CREATE DATABASE "{name}"')
         return name
 
     async def drop(self, name: str) -> None:
         await self._drop(name)
 
     async def _create_template(self) -> None:
-        conn = await asyncpg.connect(self.admin_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.template}"')
-        finally:
-            await conn.close()
+        await self._admin(f'CREATE DATABASE "{self.template}"')
         conn = await connect(self.dsn(self.template))
         try:
             await migrate(conn)
@@ -110,8 +98,13 @@ class DatabaseFactory:
             await conn.close()
 
     async def _drop(self, name: str) -> None:
+        await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    async def _admin(self, statement: str) -> None:
+        """One statement on the server's admin connection (databases are made and dropped
+        outside any database of the run)."""
         conn = await asyncpg.connect(self.admin_dsn)
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(statement)
         finally:
             await conn.close()

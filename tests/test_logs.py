@@ -44,27 +44,30 @@ def test_a_line_left_by_a_loop_that_stopped_goes_out_with_the_next() -> None:
     assert out.getvalue() == "last words\nnext\n"
 
 
-def test_a_library_line_is_a_json_line_like_ours() -> None:
-    # A real process, as a deployed worker logs: a warning of asyncpg's and an exception
-    # of aiohttp's, through the standard logging module.
-    script = "\n".join(
-        [
-            "import logging",
-            "from service.logs import configure_logging, get_logger",
-            "configure_logging('info', 'json')",
-            "get_logger('ours').info('job_completed', duration_s=1.5)",
-            "logging.getLogger('asyncpg.pool').warning('connection %s lost', 7)",
-            "logging.getLogger('quiet').info('below warning: not written')",
-            "try:",
-            "    1 / 0",
-            "except ZeroDivisionError:",
-            "    logging.getLogger('aiohttp.server').exception('Error handling request')",
-        ]
-    )
+def stderr_of(*lines: str) -> str:
+    """What a real process running these lines (after `import logging`) writes to stderr."""
+    script = "\n".join(["import logging", *lines])
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
-    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    return done.stderr
+
+
+def test_a_library_line_is_a_json_line_like_ours() -> None:
+    # A real process, as a deployed worker logs: a warning of asyncpg's and an exception
+    # of aiohttp's, through the standard logging module.
+    stderr = stderr_of(
+        "from service.logs import configure_logging, get_logger",
+        "configure_logging('info', 'json')",
+        "get_logger('ours').info('job_completed', duration_s=1.5)",
+        "logging.getLogger('asyncpg.pool').warning('connection %s lost', 7)",
+        "logging.getLogger('quiet').info('below warning: not written')",
+        "try:",
+        "    1 / 0",
+        "except ZeroDivisionError:",
+        "    logging.getLogger('aiohttp.server').exception('Error handling request')",
+    )
+    lines = [json.loads(line) for line in stderr.splitlines()]
     assert [(line["event"], line["level"]) for line in lines] == [
         ("job_completed", "info"),
         ("connection 7 lost", "warning"),
@@ -78,23 +81,17 @@ def test_a_library_line_is_a_json_line_like_ours() -> None:
 
 def test_a_traceback_on_the_console_is_plain_and_shows_no_locals() -> None:
     # A frame's locals may hold a token or a key: a traceback names the line, not the values.
-    script = "\n".join(
-        [
-            "import logging",
-            "from service.logs import configure_logging",
-            "configure_logging('info', 'console')",
-            "def call(token):",
-            "    raise ValueError('refused')",
-            "try:",
-            "    call('tok-secret-123')",
-            "except ValueError:",
-            "    logging.getLogger('aiohttp.server').exception('Error handling request')",
-        ]
+    stderr = stderr_of(
+        "from service.logs import configure_logging",
+        "configure_logging('info', 'console')",
+        "def call(token):",
+        "    raise ValueError('refused')",
+        "try:",
+        "    call('tok-secret-123')",
+        "except ValueError:",
+        "    logging.getLogger('aiohttp.server').exception('Error handling request')",
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert "Error handling request" in done.stderr
-    assert "Traceback (most recent call last):" in done.stderr
-    assert "ValueError: refused" in done.stderr
-    assert "tok-secret-123" not in done.stderr
+    assert "Error handling request" in stderr
+    assert "Traceback (most recent call last):" in stderr
+    assert "ValueError: refused" in stderr
+    assert "tok-secret-123" not in stderr
